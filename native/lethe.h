@@ -1,0 +1,165 @@
+/*
+ * lethe.h: the one C ABI of the Lethe Edge native backends.
+ *
+ * Implemented by the CPU library (native/cpu, liblethe_cpu.so) and the CUDA library (native/cuda,
+ * liblethe_cuda.so); loaded from TypeScript with Deno.dlopen (src/engine/native.ts).
+ *
+ * Conventions
+ * - Handle based: the library owns the weights (copied in by lethe_model_set_tensor) and the KV memory
+ *   (lethe_kv, device memory on CUDA).
+ * - Every int-returning function returns 0 on success and nonzero on error; pointer-returning functions
+ *   return NULL on error. lethe_last_error() then describes the last error (thread-local, never NULL).
+ * - Matrices are row-major, outermost first: a linear layer `in -> out` is [out rows x in cols].
+ * - A sequence's KV cache holds, per layer, rows of nKV*headDim floats for K (RoPE applied) and V, plus the
+ *   original position of each row. Layers may hold different numbers of rows after compaction.
+ * - Not thread-safe per handle: one forward at a time per model; a kv must be used by one forward at a time.
+ */
+#ifndef LETHE_H
+#define LETHE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define LETHE_API __declspec(dllexport)
+#else
+#define LETHE_API __attribute__((visibility("default")))
+#endif
+
+#define LETHE_ABI_VERSION 1
+
+/* ggml element types accepted by lethe_model_set_tensor (the GGUF ids). */
+enum lethe_ggml_type {
+  LETHE_TYPE_F32 = 0,
+  LETHE_TYPE_F16 = 1,
+  LETHE_TYPE_Q4_0 = 2,
+  LETHE_TYPE_Q8_0 = 8,
+  LETHE_TYPE_BF16 = 30,
+};
+
+/* Tensor kinds. Per-layer kinds use `layer` in [0, n_layers); global kinds ignore it (pass 0). */
+enum lethe_tensor_kind {
+  LETHE_TOK_EMBD = 0, /* [vocab, dim] */
+  LETHE_ATTN_NORM = 1, /* [dim] (rows=1, cols=dim) */
+  LETHE_WQ = 2, /* [n_heads*head_dim, dim] */
+  LETHE_WK = 3, /* [n_kv_heads*head_dim, dim] */
+  LETHE_WV = 4, /* [n_kv_heads*head_dim, dim] */
+  LETHE_WO = 5, /* [dim, n_heads*head_dim] */
+  LETHE_BQ = 6, /* [n_heads*head_dim] optional */
+  LETHE_BK = 7, /* [n_kv_heads*head_dim] optional */
+  LETHE_BV = 8, /* [n_kv_heads*head_dim] optional */
+  LETHE_FFN_NORM = 9, /* [dim] */
+  LETHE_W_GATE = 10, /* [ffn, dim] */
+  LETHE_W_UP = 11, /* [ffn, dim] */
+  LETHE_W_DOWN = 12, /* [dim, ffn] */
+  LETHE_OUT_NORM = 13, /* [dim] */
+  LETHE_OUTPUT = 14, /* [vocab, dim] */
+  LETHE_TENSOR_KIND_COUNT = 15
+};
+
+/* Rope styles. */
+#define LETHE_ROPE_INTERLEAVED 0 /* pairs (x[2i], x[2i+1]); llama.cpp NORM; llama2.c */
+#define LETHE_ROPE_HALF 1 /* pairs (x[i], x[i+d/2]); HF rotate_half; llama.cpp NEOX */
+
+/* Model hyper-parameters. All fields int32/float so the struct is 4-byte packed (13 x 4 = 52 bytes). */
+typedef struct lethe_config {
+  int32_t dim;
+  int32_t n_layers;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t ffn_dim;
+  int32_t vocab_size;
+  float norm_eps;
+  float rope_theta;
+  int32_t rope_style; /* LETHE_ROPE_* */
+  int32_t max_threads; /* 0 = library default (all cores); 1 = single-threaded */
+  int32_t device; /* CUDA device ordinal; ignored by the CPU library */
+  int32_t reserved; /* 0 */
+} lethe_config;
+
+typedef struct lethe_model lethe_model;
+typedef struct lethe_kv lethe_kv;
+
+/* ---- model ---- */
+
+/* Validates cfg and allocates an empty model. NULL on error. */
+LETHE_API lethe_model* lethe_model_create(const lethe_config* cfg);
+
+/*
+ * Copies one tensor into the model. `data` holds rows*cols elements in `ggml_type`'s encoding (quantized
+ * types: cols must be a multiple of 32, each row is cols/32 blocks). Vectors use rows=1.
+ * The library may convert to its preferred internal type (e.g. norms/biases to f32, BF16 to f32).
+ * All required tensors must be set before the first forward (biases are optional).
+ */
+LETHE_API int lethe_model_set_tensor(lethe_model* m, int32_t kind, int32_t layer, int32_t ggml_type,
+                                     const void* data, int64_t rows, int64_t cols);
+
+LETHE_API void lethe_model_free(lethe_model* m);
+
+/* ---- KV cache of one sequence ---- */
+
+LETHE_API lethe_kv* lethe_kv_create(lethe_model* m);
+LETHE_API void lethe_kv_free(lethe_kv* kv);
+
+/* Number of cached rows of `layer`, or -1 on a bad layer. */
+LETHE_API int32_t lethe_kv_len(lethe_kv* kv, int32_t layer);
+
+/* Keep only rows keep[0..n) (strictly ascending, each < len) of `layer`, order preserved. */
+LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n);
+
+/*
+ * Export a layer: k, v sized len*n_kv_heads*head_dim floats, pos sized len int32 (any may be NULL to
+ * skip). Layout = HostKVCache rows: [len x nKV*headDim] f32, RoPE applied, original positions.
+ */
+LETHE_API int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos);
+
+/* Replace a layer's contents with n rows in the same layout as lethe_kv_read. */
+LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v,
+                                 const int32_t* pos, int32_t n);
+
+/* Bytes of K/V held for the kept rows over all layers (not capacity). */
+LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv);
+
+/* ---- forward ---- */
+
+/*
+ * One step for n_seq independent sequences.
+ *   kvs[s]            the cache of sequence s (distinct handles).
+ *   tokens            all new tokens, concatenated in batch order (sum n_tokens[s] entries).
+ *   n_tokens[s]       >= 1 new tokens of sequence s.
+ *   start_pos[s]      position of the first new token of s (new token t gets start_pos[s] + t).
+ *   logits_mode[s]    0 none, 1 last token, 2 all new tokens.
+ *   logits_out        packed in batch order: for each s, (mode 1: 1, mode 2: n_tokens[s], 0: 0) rows of
+ *                     vocab floats. May be NULL if every mode is 0.
+ *   score_decay[s], score_window[s]  (window 0 = no scores for s); either array may be NULL = no scores.
+ *   scores_out        n_seq*n_layers pointers, index s*n_layers + l, each sized to that layer's length after
+ *                     this step's append, or NULL where none. Query t of T contributes
+ *                     decay^(T-1-t) if t >= T - window, times its attention probability on each cached row
+ *                     summed over all query heads of the layer. Fully overwritten (not accumulated).
+ * All tokens go through every matmul as one [N_total x dim] batch; attention is per sequence over its own
+ * cache (rows from before this step, then the step's new tokens causally).
+ */
+LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
+                                const int32_t* n_tokens, const int32_t* start_pos,
+                                const int32_t* logits_mode, float* logits_out, const float* score_decay,
+                                const int32_t* score_window, float** scores_out);
+
+/* ---- info ---- */
+
+LETHE_API const char* lethe_last_error(void);
+/* CPU: 1. CUDA: cudaGetDeviceCount, or -1 with lethe_last_error set. */
+LETHE_API int32_t lethe_device_count(void);
+/* Static string: backend, SIMD / device, threads. */
+LETHE_API const char* lethe_backend_info(void);
+/* LETHE_ABI_VERSION of the library. */
+LETHE_API int32_t lethe_abi_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LETHE_H */
