@@ -1,0 +1,548 @@
+/**
+ * Hugging Face tokenizer.json BPE (model.type "BPE"), covering what llama-style tokenizer.json files use.
+ *
+ * Encode: non-special added tokens are split out of the text first (special ones are never produced from plain
+ * text); each remaining segment goes through the normalizer (Sequence, Prepend, Replace, NFC/NFD/NFKC/NFKD,
+ * Lowercase, Strip), the pre-tokenizer (null, Metaspace, ByteLevel, Split on a string, Sequence), then BPE per
+ * word: characters (or byte-level characters) to ids — missing ones as `<0xXX>` byte-fallback tokens when the
+ * vocabulary has all of them, else unk (consecutive unks fused when `fuse_unk`) — and merges applied by rank
+ * (lowest first, ties leftmost).
+ *
+ * Decode: special added tokens dropped; the decoder pipeline (Sequence of Replace, ByteFallback, Fuse, Strip;
+ * Metaspace; ByteLevel) is reduced to a per-token byte string plus a number of leading spaces stripped from the
+ * start of the text, so whole and streaming decoding agree.
+ */
+import type { StreamDecoder, Tokenizer } from "./types.ts";
+import { mergeSymbols } from "./merge_queue.ts";
+import {
+  bytePiece,
+  decodeAll,
+  parseBytePiece,
+  type PieceBytesTable,
+  PieceStreamDecoder,
+  utf8,
+} from "./piece_decoder.ts";
+
+type Json = Record<string, unknown>;
+
+const SPACE_MARK = "\u2581";
+
+function fail(msg: string): never {
+  throw new Error(`tokenizer.json: ${msg}`);
+}
+
+function isObj(v: unknown): v is Json {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** The `pattern` of Replace/Split: `{String: s}` or `{Regex: r}`. */
+function patternOf(p: unknown, where: string): string | RegExp {
+  if (typeof p === "string") return p;
+  if (isObj(p) && typeof p.String === "string") return p.String;
+  if (isObj(p) && typeof p.Regex === "string") return new RegExp(p.Regex, "gu");
+  fail(`${where}: unsupported pattern ${JSON.stringify(p)}`);
+}
+
+function replaceAll(s: string, pattern: string | RegExp, content: string): string {
+  return typeof pattern === "string" ? s.replaceAll(pattern, content) : s.replace(pattern, () => content);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Normalizers
+
+type Normalizer = (s: string) => string;
+
+function buildNormalizer(n: unknown): Normalizer {
+  if (n === null || n === undefined) return (s) => s;
+  if (!isObj(n)) fail(`normalizer: expected an object`);
+  switch (n.type) {
+    case "Sequence": {
+      const parts =
+        (Array.isArray(n.normalizers) ? n.normalizers : fail("normalizer Sequence without normalizers"))
+          .map(buildNormalizer);
+      return (s) => parts.reduce((acc, f) => f(acc), s);
+    }
+    case "Prepend": {
+      const p = typeof n.prepend === "string" ? n.prepend : fail("Prepend normalizer without prepend");
+      return (s) => (s.length > 0 ? p + s : s);
+    }
+    case "Replace": {
+      const pat = patternOf(n.pattern, "Replace normalizer");
+      const content = typeof n.content === "string" ? n.content : fail("Replace normalizer without content");
+      return (s) => replaceAll(s, pat, content);
+    }
+    case "NFC":
+    case "NFD":
+    case "NFKC":
+    case "NFKD": {
+      const form = n.type;
+      return (s) => s.normalize(form);
+    }
+    case "Lowercase":
+      return (s) => s.toLowerCase();
+    case "Strip": {
+      const left = n.left !== false, right = n.right !== false;
+      return (s) => (left && right ? s.trim() : left ? s.trimStart() : right ? s.trimEnd() : s);
+    }
+    default:
+      fail(`unsupported normalizer type ${JSON.stringify(n.type)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pre-tokenizers: a word list → a word list. `first` is true for the first segment of the text.
+
+type PreTokenizer = (words: string[], first: boolean) => string[];
+
+/** GPT-2 byte → printable character map (ByteLevel). */
+function byteLevelTables(): { toChar: string[]; toByte: Map<string, number> } {
+  const bs: number[] = [];
+  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+  const cs = bs.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  const toChar: string[] = new Array(256);
+  const toByte = new Map<string, number>();
+  for (let i = 0; i < 256; i++) {
+    toChar[bs[i]] = String.fromCodePoint(cs[i]);
+    toByte.set(String.fromCodePoint(cs[i]), bs[i]);
+  }
+  return { toChar, toByte };
+}
+let byteLevel: ReturnType<typeof byteLevelTables> | undefined;
+function getByteLevel() {
+  return (byteLevel ??= byteLevelTables());
+}
+
+const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+
+/** Splits so that each delimiter starts the piece after it (tokenizers' MergedWithNext). */
+function splitMergedWithNext(s: string, delim: string): string[] {
+  const out: string[] = [];
+  let start = 0;
+  let i = s.indexOf(delim, 1);
+  while (i >= 0) {
+    out.push(s.slice(start, i));
+    start = i;
+    i = s.indexOf(delim, i + delim.length);
+  }
+  if (start < s.length) out.push(s.slice(start));
+  return out;
+}
+
+function buildPreTokenizer(p: unknown): PreTokenizer {
+  if (p === null || p === undefined) return (w) => w;
+  if (!isObj(p)) fail("pre_tokenizer: expected an object");
+  switch (p.type) {
+    case "Sequence": {
+      const parts =
+        (Array.isArray(p.pretokenizers) ? p.pretokenizers : fail("pre_tokenizer Sequence without list"))
+          .map(buildPreTokenizer);
+      return (w, first) => parts.reduce((acc, f) => f(acc, first), w);
+    }
+    case "Metaspace": {
+      const rep = typeof p.replacement === "string" ? p.replacement : SPACE_MARK;
+      const scheme = typeof p.prepend_scheme === "string"
+        ? p.prepend_scheme
+        : p.add_prefix_space === false
+        ? "never"
+        : "always";
+      if (!["first", "always", "never"].includes(scheme)) fail(`Metaspace prepend_scheme ${scheme}`);
+      const split = p.split !== false;
+      return (words, first) => {
+        const out: string[] = [];
+        words.forEach((w, i) => {
+          let s = w.replaceAll(" ", rep);
+          const prepend = scheme === "always" || (scheme === "first" && first && i === 0);
+          if (prepend && s.length > 0 && !s.startsWith(rep)) s = rep + s;
+          if (split) out.push(...splitMergedWithNext(s, rep));
+          else if (s.length > 0) out.push(s);
+        });
+        return out;
+      };
+    }
+    case "ByteLevel": {
+      const addPrefix = p.add_prefix_space === true;
+      const useRegex = p.use_regex !== false;
+      const { toChar } = getByteLevel();
+      return (words, first) => {
+        const out: string[] = [];
+        words.forEach((w, i) => {
+          let s = w;
+          if (addPrefix && first && i === 0 && s.length > 0 && !s.startsWith(" ")) s = " " + s;
+          const parts = useRegex ? (s.match(GPT2_SPLIT) ?? []) : [s];
+          for (const part of parts) {
+            let m = "";
+            for (const b of utf8(part)) m += toChar[b];
+            if (m.length > 0) out.push(m);
+          }
+        });
+        return out;
+      };
+    }
+    case "Split": {
+      const pat = patternOf(p.pattern, "Split pre_tokenizer");
+      if (typeof pat !== "string" || p.invert === true) {
+        fail("Split pre_tokenizer: only plain string patterns");
+      }
+      const behavior = p.behavior;
+      return (words) => {
+        const out: string[] = [];
+        for (const w of words) {
+          if (behavior === "MergedWithNext") out.push(...splitMergedWithNext(w, pat));
+          else if (behavior === "Isolated") {
+            w.split(pat).forEach((x, i) => {
+              if (i > 0) out.push(pat);
+              if (x) out.push(x);
+            });
+          } else if (behavior === "Removed") out.push(...w.split(pat).filter((x) => x.length > 0));
+          else fail(`Split pre_tokenizer: unsupported behavior ${JSON.stringify(behavior)}`);
+        }
+        return out;
+      };
+    }
+    default:
+      fail(`unsupported pre_tokenizer type ${JSON.stringify(p.type)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Decoders, reduced to per-token transforms + leading spaces stripped at the start.
+
+interface DecoderPlan {
+  /** Per-token string replacements in order (e.g. "▁" → " "). */
+  replace: [string, string][];
+  byteFallback: boolean;
+  byteLevel: boolean;
+  stripStart: number;
+}
+
+function buildDecoder(d: unknown, plan: DecoderPlan): void {
+  if (d === null || d === undefined) return;
+  if (!isObj(d)) fail("decoder: expected an object");
+  switch (d.type) {
+    case "Sequence":
+      for (const x of Array.isArray(d.decoders) ? d.decoders : fail("decoder Sequence without decoders")) {
+        buildDecoder(x, plan);
+      }
+      return;
+    case "Replace": {
+      const pat = patternOf(d.pattern, "Replace decoder");
+      if (typeof pat !== "string") fail("Replace decoder: only string patterns");
+      plan.replace.push([pat, typeof d.content === "string" ? d.content : ""]);
+      return;
+    }
+    case "ByteFallback":
+      plan.byteFallback = true;
+      return;
+    case "Fuse":
+      return;
+    case "Strip": {
+      if (d.content !== " ") fail(`Strip decoder: only content " " is supported`);
+      if (typeof d.stop === "number" && d.stop > 0) fail("Strip decoder: stop > 0 is not supported");
+      plan.stripStart += typeof d.start === "number" ? d.start : 0;
+      return;
+    }
+    case "Metaspace": {
+      const rep = typeof d.replacement === "string" ? d.replacement : SPACE_MARK;
+      plan.replace.push([rep, " "]);
+      const scheme = typeof d.prepend_scheme === "string"
+        ? d.prepend_scheme
+        : d.add_prefix_space === false
+        ? "never"
+        : "always";
+      if (scheme !== "never") plan.stripStart += 1;
+      return;
+    }
+    case "ByteLevel":
+      plan.byteLevel = true;
+      return;
+    default:
+      fail(`unsupported decoder type ${JSON.stringify(d.type)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+interface AddedToken {
+  id: number;
+  content: string;
+  special: boolean;
+}
+
+export class HfBpeTokenizer implements Tokenizer {
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly unkId: number;
+  /** Whether the post-processor (or tokenizer_config `add_bos_token`) adds BOS; `encode` adds it only when asked. */
+  readonly addBosByDefault: boolean;
+  #vocab = new Map<string, number>();
+  #pieces: string[];
+  /** (left id, right id) → [rank, merged id], keyed `left * vocabSize + right`. */
+  #merges = new Map<number, readonly [number, number]>();
+  #byteIds = new Int32Array(256).fill(-1);
+  #byteFallback: boolean;
+  #fuseUnk: boolean;
+  #prefix: string;
+  #suffix: string;
+  #normalize: Normalizer;
+  #preTokenize: PreTokenizer;
+  #added: AddedToken[];
+  #plainAdded: AddedToken[];
+  #decodeTable: PieceBytesTable;
+  #cache = new Map<string, number[]>();
+
+  constructor(json: unknown, tokenizerConfig?: unknown) {
+    if (!isObj(json)) fail("expected a JSON object");
+    const model = json.model;
+    if (!isObj(model)) fail("missing model");
+    if (model.type !== undefined && model.type !== "BPE") {
+      fail(`model type ${JSON.stringify(model.type)} is not BPE`);
+    }
+    if (!isObj(model.vocab)) fail("model.vocab must be an object");
+    let maxId = -1;
+    for (const [piece, id] of Object.entries(model.vocab)) {
+      if (typeof id !== "number" || !Number.isInteger(id) || id < 0) {
+        fail(`vocab entry ${piece}: bad id ${id}`);
+      }
+      this.#vocab.set(piece, id);
+      maxId = Math.max(maxId, id);
+    }
+    const addedRaw = Array.isArray(json.added_tokens) ? json.added_tokens : [];
+    this.#added = addedRaw.map((t, i) => {
+      if (!isObj(t) || typeof t.id !== "number" || typeof t.content !== "string") {
+        fail(`added_tokens[${i}] malformed`);
+      }
+      maxId = Math.max(maxId, t.id);
+      return { id: t.id, content: t.content, special: t.special === true };
+    });
+    this.vocabSize = maxId + 1;
+    this.#pieces = new Array(this.vocabSize).fill("");
+    for (const [piece, id] of this.#vocab) this.#pieces[id] = piece;
+    for (const t of this.#added) this.#pieces[t.id] = t.content;
+
+    const merges = Array.isArray(model.merges) ? model.merges : fail("model.merges must be an array");
+    merges.forEach((m, rank) => {
+      let a: unknown, b: unknown;
+      if (typeof m === "string") {
+        const k = m.indexOf(" ");
+        if (k < 0) fail(`merges[${rank}] ${JSON.stringify(m)} is not "a b"`);
+        a = m.slice(0, k);
+        b = m.slice(k + 1);
+      } else if (Array.isArray(m) && m.length === 2) [a, b] = m;
+      else fail(`merges[${rank}] malformed`);
+      const ia = this.#vocab.get(a as string), ib = this.#vocab.get(b as string);
+      const im = this.#vocab.get((a as string) + (b as string));
+      if (ia === undefined || ib === undefined || im === undefined) {
+        fail(`merges[${rank}] ${JSON.stringify([a, b])} uses pieces missing from the vocabulary`);
+      }
+      const key = ia * this.vocabSize + ib;
+      if (!this.#merges.has(key)) this.#merges.set(key, [rank, im]);
+    });
+
+    this.#byteFallback = model.byte_fallback === true;
+    this.#fuseUnk = model.fuse_unk === true;
+    this.#prefix = typeof model.continuing_subword_prefix === "string" ? model.continuing_subword_prefix : "";
+    this.#suffix = typeof model.end_of_word_suffix === "string" ? model.end_of_word_suffix : "";
+    for (let b = 0; b < 256; b++) this.#byteIds[b] = this.#vocab.get(bytePiece(b)) ?? -1;
+    this.#normalize = buildNormalizer(json.normalizer);
+    this.#preTokenize = buildPreTokenizer(json.pre_tokenizer);
+    this.#plainAdded = this.#added.filter((t) => !t.special && t.content.length > 0)
+      .sort((x, y) => y.content.length - x.content.length);
+
+    const cfg = isObj(tokenizerConfig) ? tokenizerConfig : {};
+    const idOf = (tok: unknown): number => {
+      const s = typeof tok === "string"
+        ? tok
+        : isObj(tok) && typeof tok.content === "string"
+        ? tok.content
+        : undefined;
+      if (s === undefined) return -1;
+      return this.#added.find((t) => t.content === s)?.id ?? this.#vocab.get(s) ?? -1;
+    };
+    const unkName = typeof model.unk_token === "string" ? model.unk_token : undefined;
+    this.unkId = unkName !== undefined ? (this.#vocab.get(unkName) ?? idOf(unkName)) : -1;
+    if (unkName !== undefined && this.unkId < 0) {
+      fail(`unk_token ${JSON.stringify(unkName)} is not in the vocabulary`);
+    }
+
+    // BOS: tokenizer_config bos_token, else the first special token of the post-processor's single template.
+    const templateBos = templateFirstSpecial(json.post_processor, (s) => idOf(s));
+    let bos = idOf(cfg.bos_token);
+    if (bos < 0) bos = templateBos;
+    if (bos < 0) bos = idOf("<s>");
+    this.bosId = bos;
+    let eos = idOf(cfg.eos_token);
+    if (eos < 0) eos = idOf("</s>");
+    this.eosId = eos;
+    this.addBosByDefault = typeof cfg.add_bos_token === "boolean"
+      ? cfg.add_bos_token
+      : templateBos >= 0 && templateBos === this.bosId;
+
+    const plan: DecoderPlan = { replace: [], byteFallback: false, byteLevel: false, stripStart: 0 };
+    buildDecoder(json.decoder, plan);
+    const special = new Set(this.#added.filter((t) => t.special).map((t) => t.id));
+    const bytes: Uint8Array[] = [];
+    const { toByte } = plan.byteLevel ? getByteLevel() : { toByte: undefined };
+    for (let id = 0; id < this.vocabSize; id++) {
+      if (special.has(id)) {
+        bytes.push(new Uint8Array(0));
+        continue;
+      }
+      let piece = this.#pieces[id];
+      const byte = plan.byteFallback ? parseBytePiece(piece) : -1;
+      if (byte >= 0) {
+        bytes.push(Uint8Array.of(byte));
+        continue;
+      }
+      for (const [from, to] of plan.replace) piece = piece.replaceAll(from, to);
+      if (toByte) {
+        const bs: number[] = [];
+        for (const ch of piece) {
+          const b = toByte.get(ch);
+          if (b !== undefined) bs.push(b);
+          else bs.push(...utf8(ch));
+        }
+        bytes.push(Uint8Array.from(bs));
+      } else {
+        bytes.push(utf8(piece));
+      }
+    }
+    this.#decodeTable = { bytes, stripSpaces: plan.stripStart, restartIds: new Set() };
+  }
+
+  encode(text: string, opts?: { addBos?: boolean }): number[] {
+    const out: number[] = [];
+    if (opts?.addBos && this.bosId >= 0) out.push(this.bosId);
+    let first = true;
+    for (const seg of this.#splitAdded(text)) {
+      if (typeof seg === "number") {
+        out.push(seg);
+        first = false;
+        continue;
+      }
+      const words = this.#preTokenize([this.#normalize(seg)], first);
+      first = false;
+      for (const w of words) for (const id of this.#bpeWord(w)) out.push(id);
+    }
+    return out;
+  }
+
+  /** Splits out non-special added tokens (longest first at each position). */
+  #splitAdded(text: string): (string | number)[] {
+    if (this.#plainAdded.length === 0) return text.length > 0 ? [text] : [];
+    const out: (string | number)[] = [];
+    let start = 0;
+    for (let i = 0; i < text.length;) {
+      const t = this.#plainAdded.find((a) => text.startsWith(a.content, i));
+      if (!t) {
+        i++;
+        continue;
+      }
+      if (i > start) out.push(text.slice(start, i));
+      out.push(t.id);
+      i += t.content.length;
+      start = i;
+    }
+    if (start < text.length) out.push(text.slice(start));
+    return out;
+  }
+
+  #bpeWord(word: string): number[] {
+    if (word.length === 0) return [];
+    const cached = word.length < 64 ? this.#cache.get(word) : undefined;
+    if (cached) return cached;
+    const ids: number[] = [];
+    const mergeable: number[] = [];
+    const chars = Array.from(word);
+    let lastUnk = false;
+    chars.forEach((ch, i) => {
+      let s = ch;
+      if (i > 0) s = this.#prefix + s;
+      if (i === chars.length - 1) s = s + this.#suffix;
+      const id = this.#vocab.get(s);
+      if (id !== undefined) {
+        ids.push(id);
+        mergeable.push(1);
+        lastUnk = false;
+        return;
+      }
+      if (this.#byteFallback) {
+        const bs = utf8(ch);
+        if (bs.every((b) => this.#byteIds[b] >= 0)) {
+          for (const b of bs) {
+            ids.push(this.#byteIds[b]);
+            mergeable.push(1);
+          }
+          lastUnk = false;
+          return;
+        }
+      }
+      if (this.unkId < 0) throw new Error(`tokenizer: no token for ${JSON.stringify(ch)} and no unk token`);
+      if (this.#fuseUnk && lastUnk) return;
+      ids.push(this.unkId);
+      mergeable.push(1);
+      lastUnk = true;
+    });
+    const merges = this.#merges, v = this.vocabSize;
+    const result = mergeSymbols(ids, Uint8Array.from(mergeable), (l, r) => merges.get(l * v + r));
+    if (word.length < 64) {
+      if (this.#cache.size > 10000) this.#cache.clear();
+      this.#cache.set(word, result);
+    }
+    return result;
+  }
+
+  decode(ids: number[]): string {
+    return decodeAll(this.#decodeTable, ids);
+  }
+
+  streamDecoder(): StreamDecoder {
+    return new PieceStreamDecoder(this.#decodeTable);
+  }
+
+  piece(id: number): string {
+    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+      throw new RangeError(`token id ${id} out of range [0, ${this.vocabSize})`);
+    }
+    return this.#pieces[id];
+  }
+
+  /** Id of a vocabulary piece or added token, or -1. */
+  tokenToId(piece: string): number {
+    return this.#vocab.get(piece) ?? this.#added.find((t) => t.content === piece)?.id ?? -1;
+  }
+}
+
+/** The id of the first special token of a TemplateProcessing `single` template (-1 when none leads it). */
+function templateFirstSpecial(pp: unknown, idOf: (s: string) => number): number {
+  if (!isObj(pp)) return -1;
+  if (pp.type === "Sequence" && Array.isArray(pp.processors)) {
+    for (const p of pp.processors) {
+      const id = templateFirstSpecial(p, idOf);
+      if (id >= 0) return id;
+    }
+    return -1;
+  }
+  if (pp.type !== "TemplateProcessing" || !Array.isArray(pp.single) || pp.single.length === 0) return -1;
+  const first = pp.single[0];
+  if (!isObj(first) || !isObj(first.SpecialToken)) return -1;
+  const name = first.SpecialToken.id;
+  if (typeof name !== "string") return -1;
+  const st = isObj(pp.special_tokens) ? pp.special_tokens[name] : undefined;
+  if (isObj(st) && Array.isArray(st.ids) && typeof st.ids[0] === "number") return st.ids[0];
+  return idOf(name);
+}
+
+/** Builds the tokenizer from a parsed tokenizer.json (and optionally tokenizer_config.json). */
+export function hfTokenizerFromJSON(json: unknown, tokenizerConfig?: unknown): HfBpeTokenizer {
+  return new HfBpeTokenizer(json, tokenizerConfig);
+}
