@@ -1,0 +1,214 @@
+// CPU kernels of the Lethe native backend: type conversion, dequantization, batched matmul, norms, RoPE.
+// AVX2/FMA/F16C intrinsics where the compiler targets them (-march=native), scalar code otherwise.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include <cmath>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LETHE_AVX2 1
+#endif
+#if defined(__F16C__)
+#include <immintrin.h>
+#define LETHE_F16C 1
+#endif
+
+namespace lethe {
+
+static const int QK = 32;  // elements per Q4_0 / Q8_0 block
+static const size_t Q8_0_BYTES = 34;  // f16 scale + 32 x int8
+static const size_t Q4_0_BYTES = 18;  // f16 scale + 16 bytes of nibbles
+
+inline float f16_to_f32(uint16_t h) {
+#ifdef LETHE_F16C
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal
+      int e = -1;
+      do {
+        e++;
+        mant <<= 1;
+      } while ((mant & 0x400) == 0);
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline void f16_row_to_f32(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#ifdef LETHE_F16C
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm_loadu_si128((const __m128i*)(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; i++) dst[i] = f16_to_f32(src[i]);
+}
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+// One row of n (multiple of 32) Q8_0 values to f32.
+inline void q8_0_row_to_f32(const uint8_t* src, float* dst, int64_t n) {
+  const int64_t nb = n / QK;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = src + b * Q8_0_BYTES;
+    const float d = f16_to_f32(load_u16(blk));
+    const int8_t* q = (const int8_t*)(blk + 2);
+    float* y = dst + b * QK;
+#ifdef LETHE_AVX2
+    const __m256 vd = _mm256_set1_ps(d);
+    for (int j = 0; j < QK; j += 8) {
+      __m128i q8 = _mm_loadl_epi64((const __m128i*)(q + j));
+      __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+      _mm256_storeu_ps(y + j, _mm256_mul_ps(f, vd));
+    }
+#else
+    for (int j = 0; j < QK; j++) y[j] = (float)q[j] * d;
+#endif
+  }
+}
+
+// One row of n (multiple of 32) Q4_0 values to f32 (ggml layout: low nibbles = first 16, high = last 16).
+inline void q4_0_row_to_f32(const uint8_t* src, float* dst, int64_t n) {
+  const int64_t nb = n / QK;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = src + b * Q4_0_BYTES;
+    const float d = f16_to_f32(load_u16(blk));
+    const uint8_t* q = blk + 2;
+    float* y = dst + b * QK;
+#ifdef LETHE_AVX2
+    const __m256 vd = _mm256_set1_ps(d);
+    const __m128i raw = _mm_loadu_si128((const __m128i*)q);
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m128i eight = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+    _mm256_storeu_ps(y + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), vd));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), vd));
+    _mm256_storeu_ps(y + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), vd));
+    _mm256_storeu_ps(y + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), vd));
+#else
+    for (int j = 0; j < QK / 2; j++) {
+      y[j] = (float)((int)(q[j] & 0x0f) - 8) * d;
+      y[j + QK / 2] = (float)((int)(q[j] >> 4) - 8) * d;
+    }
+#endif
+  }
+}
+
+#ifdef LETHE_AVX2
+inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// dot(a, b) over n floats.
+inline float dot1(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.f;
+#ifdef LETHE_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps();
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), a2);
+    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+  s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+// w · x0..x3 (four activation rows against one hot weight row).
+inline void dot4(const float* w, const float* x0, const float* x1, const float* x2, const float* x3, int64_t n,
+                 float* out) {
+  int64_t i = 0;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#ifdef LETHE_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 wv = _mm256_loadu_ps(w + i);
+    a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + i), a0);
+    a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + i), a1);
+    a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + i), a2);
+    a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + i), a3);
+  }
+  s0 = hsum256(a0);
+  s1 = hsum256(a1);
+  s2 = hsum256(a2);
+  s3 = hsum256(a3);
+#endif
+  for (; i < n; i++) {
+    s0 += w[i] * x0[i];
+    s1 += w[i] * x1[i];
+    s2 += w[i] * x2[i];
+    s3 += w[i] * x3[i];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+// y[i] += a * x[i]
+inline void axpy(float* y, const float* x, float a, int64_t n) {
+  int64_t i = 0;
+#ifdef LETHE_AVX2
+  const __m256 va = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+#endif
+  for (; i < n; i++) y[i] += a * x[i];
+}
+
+// y = x * rsqrt(mean(x^2) + eps) * w
+inline void rmsnorm(float* y, const float* x, const float* w, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+  const float scale = (float)(1.0 / std::sqrt(ss / (double)n + (double)eps));
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+}
+
+}  // namespace lethe

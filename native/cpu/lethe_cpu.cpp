@@ -1,0 +1,716 @@
+// Lethe Edge CPU backend: implements native/lethe.h with SIMD kernels (kernels.h) and OpenMP.
+//
+// Threads are used only where a kernel's work is large: on tiny models (stories260K) the fork/join cost of a
+// parallel region is larger than the whole matmul, so those run single-threaded.
+#include "../lethe.h"
+
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+using namespace lethe;
+
+namespace {
+
+thread_local std::string g_error;
+
+int fail(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  g_error = buf;
+  return 1;
+}
+
+// Multiply-adds below which a matmul / attention runs on one thread.
+const double kParallelWork = 1 << 20;
+
+// A weight matrix [rows x cols] in its storage type (F32, F16, Q8_0 or Q4_0).
+struct Mat {
+  int type = -1;
+  int64_t rows = 0, cols = 0;
+  size_t row_bytes = 0;
+  std::vector<uint8_t> data;
+  bool set() const { return type >= 0; }
+  const uint8_t* row(int64_t r) const { return data.data() + (size_t)r * row_bytes; }
+};
+
+size_t row_bytes_of(int type, int64_t cols) {
+  switch (type) {
+    case LETHE_TYPE_F32:
+      return (size_t)cols * 4;
+    case LETHE_TYPE_F16:
+    case LETHE_TYPE_BF16:
+      return (size_t)cols * 2;
+    case LETHE_TYPE_Q8_0:
+      return (size_t)(cols / QK) * Q8_0_BYTES;
+    case LETHE_TYPE_Q4_0:
+      return (size_t)(cols / QK) * Q4_0_BYTES;
+  }
+  return 0;
+}
+
+// Row r of W as f32: a pointer into W (F32) or into `buf` (converted).
+inline const float* row_f32(const Mat& W, int64_t r, float* buf) {
+  const uint8_t* src = W.row(r);
+  switch (W.type) {
+    case LETHE_TYPE_F32:
+      return (const float*)src;
+    case LETHE_TYPE_F16:
+      f16_row_to_f32((const uint16_t*)src, buf, W.cols);
+      return buf;
+    case LETHE_TYPE_Q8_0:
+      q8_0_row_to_f32(src, buf, W.cols);
+      return buf;
+    case LETHE_TYPE_Q4_0:
+      q4_0_row_to_f32(src, buf, W.cols);
+      return buf;
+  }
+  return buf;
+}
+
+// Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N).
+void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy, int64_t r0, int64_t r1,
+                 float* buf) {
+  const int64_t cols = W.cols;
+  float tmp[4];
+  for (int64_t r = r0; r < r1; r++) {
+    const float* w = row_f32(W, r, buf);
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+      const float* x = X + n * cols;
+      dot4(w, x, x + cols, x + 2 * cols, x + 3 * cols, cols, tmp);
+      Y[n * ldy + r] = tmp[0];
+      Y[(n + 1) * ldy + r] = tmp[1];
+      Y[(n + 2) * ldy + r] = tmp[2];
+      Y[(n + 3) * ldy + r] = tmp[3];
+    }
+    for (; n < N; n++) Y[n * ldy + r] = dot1(w, X + n * cols, cols);
+  }
+}
+
+int threads_for(int max_threads, double work, int64_t units) {
+  if (max_threads <= 1 || work < kParallelWork || units < 2) return 1;
+  return (int)std::min<int64_t>(max_threads, units);
+}
+
+// Y[N x rows] = X[N x cols] · W^T. Each weight row is converted once and dotted with all N activation rows.
+void matmul(int max_threads, const Mat& W, const float* X, int64_t N, float* Y) {
+  const int nt = threads_for(max_threads, (double)W.rows * (double)W.cols * (double)N, W.rows / 8);
+  if (nt <= 1) {
+    thread_local std::vector<float> buf;
+    if ((int64_t)buf.size() < W.cols) buf.resize(W.cols);
+    matmul_rows(W, X, N, Y, W.rows, 0, W.rows, buf.data());
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    thread_local std::vector<float> buf;
+    if ((int64_t)buf.size() < W.cols) buf.resize(W.cols);
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t chunk = (W.rows + T - 1) / T;
+    const int64_t r0 = std::min(W.rows, (int64_t)t * chunk), r1 = std::min(W.rows, r0 + chunk);
+    matmul_rows(W, X, N, Y, W.rows, r0, r1, buf.data());
+  }
+}
+
+struct Layer {
+  std::vector<float> attn_norm, ffn_norm, bq, bk, bv;
+  Mat wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+}  // namespace
+
+struct lethe_model {
+  lethe_config cfg;
+  int max_threads = 1;
+  int kv_dim = 0, q_dim = 0;
+  Mat tok_embd, output;
+  std::vector<float> out_norm;
+  std::vector<Layer> layers;
+  std::vector<double> inv_freq;
+  // Per-step scratch (grown as needed).
+  std::vector<float> x, xb, q, k, v, att, hb, hb2, rope_cs, lx, lout;
+  std::vector<float> head_scores;
+};
+
+struct lethe_kv {
+  lethe_model* m;
+  struct L {
+    std::vector<float> k, v;
+    std::vector<int32_t> pos;
+    int32_t len = 0;
+  };
+  std::vector<L> layers;
+};
+
+namespace {
+
+void ensure(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+void reserve_rows(lethe_kv::L& L, int kv_dim, int64_t rows) {
+  if ((int64_t)L.pos.size() >= rows) return;
+  int64_t cap = std::max<int64_t>(16, (int64_t)L.pos.size());
+  while (cap < rows) cap *= 2;
+  L.k.resize((size_t)cap * kv_dim);
+  L.v.resize((size_t)cap * kv_dim);
+  L.pos.resize((size_t)cap);
+}
+
+bool model_ready(const lethe_model* m) {
+  if (!m->tok_embd.set()) return fail("model: token embedding not set") == 0;
+  if (m->out_norm.empty()) return fail("model: output norm not set") == 0;
+  for (size_t l = 0; l < m->layers.size(); l++) {
+    const Layer& L = m->layers[l];
+    if (L.attn_norm.empty() || L.ffn_norm.empty() || !L.wq.set() || !L.wk.set() || !L.wv.set() ||
+        !L.wo.set() || !L.w_gate.set() || !L.w_up.set() || !L.w_down.set()) {
+      return fail("model: layer %d is missing a tensor", (int)l) == 0;
+    }
+  }
+  return true;
+}
+
+// Attention of the new tokens of one sequence for one KV head group, on one layer.
+struct SeqJob {
+  lethe_kv* kv;
+  int64_t tok0;  // first row in the batch
+  int T;  // new tokens
+  int len_before;
+  float decay;
+  int window;  // 0 = no scores
+  float* head_scores;  // [n_kv_heads x len_after] or null
+};
+
+void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, int g, float* logits) {
+  const int hd = m->cfg.head_dim, kvd = m->kv_dim, qd = m->q_dim;
+  const int nrep = m->cfg.n_heads / m->cfg.n_kv_heads;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  const int len_after = J.len_before + J.T;
+  float* hs = J.head_scores ? J.head_scores + (size_t)g * len_after : nullptr;
+  if (hs) std::fill(hs, hs + len_after, 0.f);
+  for (int t = 0; t < J.T; t++) {
+    const int lim = J.len_before + t + 1;
+    const float* qrow = m->q.data() + (J.tok0 + t) * qd + (size_t)g * nrep * hd;
+    float* orow = const_cast<float*>(m->att.data()) + (J.tok0 + t) * qd + (size_t)g * nrep * hd;
+    // logits[r * lim + j]
+    for (int j = 0; j < lim; j++) {
+      const float* kr = L.k.data() + (size_t)j * kvd + (size_t)g * hd;
+      for (int r = 0; r < nrep; r++) logits[(size_t)r * lim + j] = dot1(qrow + r * hd, kr, hd) * scale;
+    }
+    for (int r = 0; r < nrep; r++) {
+      float* p = logits + (size_t)r * lim;
+      float mx = p[0];
+      for (int j = 1; j < lim; j++) mx = std::max(mx, p[j]);
+      double sum = 0.0;
+      for (int j = 0; j < lim; j++) {
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      const float inv = (float)(1.0 / sum);
+      for (int j = 0; j < lim; j++) p[j] *= inv;
+    }
+    std::fill(orow, orow + (size_t)nrep * hd, 0.f);
+    for (int j = 0; j < lim; j++) {
+      const float* vr = L.v.data() + (size_t)j * kvd + (size_t)g * hd;
+      for (int r = 0; r < nrep; r++) axpy(orow + r * hd, vr, logits[(size_t)r * lim + j], hd);
+    }
+    if (hs && J.T - 1 - t < J.window) {
+      const float w = (float)std::pow((double)J.decay, (double)(J.T - 1 - t));
+      for (int r = 0; r < nrep; r++) axpy(hs, logits + (size_t)r * lim, w, lim);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* lethe_last_error(void) { return g_error.c_str(); }
+
+int32_t lethe_device_count(void) { return 1; }
+
+int32_t lethe_abi_version(void) { return LETHE_ABI_VERSION; }
+
+const char* lethe_backend_info(void) {
+  static std::string info;
+  if (info.empty()) {
+    info = "cpu";
+#ifdef LETHE_AVX2
+    info += " avx2+fma";
+#else
+    info += " scalar";
+#endif
+#ifdef LETHE_F16C
+    info += "+f16c";
+#endif
+    info += ", openmp max " + std::to_string(omp_get_max_threads()) + " threads";
+  }
+  return info.c_str();
+}
+
+lethe_model* lethe_model_create(const lethe_config* cfg) {
+  if (!cfg) return fail("model_create: null config"), nullptr;
+  const lethe_config& c = *cfg;
+  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 ||
+      c.ffn_dim <= 0 || c.vocab_size <= 0) {
+    return fail("model_create: dimensions must be positive"), nullptr;
+  }
+  if (c.n_heads % c.n_kv_heads != 0) {
+    return fail("model_create: n_heads %d is not a multiple of n_kv_heads %d", c.n_heads, c.n_kv_heads),
+           nullptr;
+  }
+  if (c.head_dim % 2 != 0) return fail("model_create: head_dim must be even"), nullptr;
+  if (c.rope_style != LETHE_ROPE_INTERLEAVED && c.rope_style != LETHE_ROPE_HALF) {
+    return fail("model_create: bad rope_style %d", c.rope_style), nullptr;
+  }
+  if (!(c.rope_theta > 0) || !(c.norm_eps >= 0)) return fail("model_create: bad rope_theta/norm_eps"), nullptr;
+  if ((int64_t)c.dim > (1 << 20) || (int64_t)c.ffn_dim > (1 << 22) || (int64_t)c.vocab_size > (1 << 24) ||
+      c.n_layers > 4096 || (int64_t)c.n_heads * c.head_dim > (1 << 20)) {
+    return fail("model_create: dimensions out of range"), nullptr;
+  }
+  lethe_model* m = new (std::nothrow) lethe_model();
+  if (!m) return fail("model_create: out of memory"), nullptr;
+  m->cfg = c;
+  m->max_threads = c.max_threads > 0 ? c.max_threads : omp_get_max_threads();
+  m->kv_dim = c.n_kv_heads * c.head_dim;
+  m->q_dim = c.n_heads * c.head_dim;
+  m->layers.resize(c.n_layers);
+  m->inv_freq.resize(c.head_dim / 2);
+  for (int i = 0; i < c.head_dim / 2; i++) {
+    m->inv_freq[i] = std::pow((double)c.rope_theta, -(2.0 * i) / (double)c.head_dim);
+  }
+  return m;
+}
+
+void lethe_model_free(lethe_model* m) { delete m; }
+
+int32_t lethe_model_set_tensor(lethe_model* m, int32_t kind, int32_t layer, int32_t type, const void* data,
+                               int64_t rows, int64_t cols) {
+  if (!m || !data) return fail("set_tensor: null argument");
+  const lethe_config& c = m->cfg;
+  if (kind < 0 || kind >= LETHE_TENSOR_KIND_COUNT) return fail("set_tensor: bad kind %d", kind);
+  const bool global = kind == LETHE_TOK_EMBD || kind == LETHE_OUT_NORM || kind == LETHE_OUTPUT;
+  if (!global && (layer < 0 || layer >= c.n_layers)) return fail("set_tensor: bad layer %d", layer);
+  if (type != LETHE_TYPE_F32 && type != LETHE_TYPE_F16 && type != LETHE_TYPE_Q8_0 && type != LETHE_TYPE_Q4_0 &&
+      type != LETHE_TYPE_BF16) {
+    return fail("set_tensor: unsupported ggml type %d", type);
+  }
+  if (rows <= 0 || cols <= 0) return fail("set_tensor: bad shape [%lld, %lld]", (long long)rows, (long long)cols);
+  if ((type == LETHE_TYPE_Q8_0 || type == LETHE_TYPE_Q4_0) && cols % QK != 0) {
+    return fail("set_tensor: quantized rows need a multiple of 32 columns, got %lld", (long long)cols);
+  }
+  int64_t er = 0, ec = 0;  // expected shape
+  const int qd = m->q_dim, kvd = m->kv_dim;
+  switch (kind) {
+    case LETHE_TOK_EMBD:
+    case LETHE_OUTPUT:
+      er = c.vocab_size, ec = c.dim;
+      break;
+    case LETHE_ATTN_NORM:
+    case LETHE_FFN_NORM:
+    case LETHE_OUT_NORM:
+      er = 1, ec = c.dim;
+      break;
+    case LETHE_WQ:
+      er = qd, ec = c.dim;
+      break;
+    case LETHE_WK:
+    case LETHE_WV:
+      er = kvd, ec = c.dim;
+      break;
+    case LETHE_WO:
+      er = c.dim, ec = qd;
+      break;
+    case LETHE_BQ:
+      er = 1, ec = qd;
+      break;
+    case LETHE_BK:
+    case LETHE_BV:
+      er = 1, ec = kvd;
+      break;
+    case LETHE_W_GATE:
+    case LETHE_W_UP:
+      er = c.ffn_dim, ec = c.dim;
+      break;
+    case LETHE_W_DOWN:
+      er = c.dim, ec = c.ffn_dim;
+      break;
+  }
+  const bool vec = er == 1;
+  if (vec ? rows * cols != ec : (rows != er || cols != ec)) {
+    return fail("set_tensor: kind %d layer %d has shape [%lld, %lld], expected [%lld, %lld]", kind, layer,
+                (long long)rows, (long long)cols, (long long)er, (long long)ec);
+  }
+  try {
+    // To f32 for vectors and BF16 (no BF16 kernel).
+    auto to_f32 = [&](std::vector<float>& out) {
+      const int64_t n = rows * cols;
+      out.resize((size_t)n);
+      const size_t rb = row_bytes_of(type, cols);
+      for (int64_t r = 0; r < rows; r++) {
+        const uint8_t* src = (const uint8_t*)data + (size_t)r * rb;
+        float* dst = out.data() + r * cols;
+        switch (type) {
+          case LETHE_TYPE_F32:
+            memcpy(dst, src, (size_t)cols * 4);
+            break;
+          case LETHE_TYPE_F16:
+            f16_row_to_f32((const uint16_t*)src, dst, cols);
+            break;
+          case LETHE_TYPE_BF16:
+            for (int64_t i = 0; i < cols; i++) dst[i] = bf16_to_f32(load_u16(src + 2 * i));
+            break;
+          case LETHE_TYPE_Q8_0:
+            q8_0_row_to_f32(src, dst, cols);
+            break;
+          case LETHE_TYPE_Q4_0:
+            q4_0_row_to_f32(src, dst, cols);
+            break;
+        }
+      }
+    };
+    if (vec) {
+      Layer* L = global ? nullptr : &m->layers[layer];
+      std::vector<float>* dst = kind == LETHE_OUT_NORM ? &m->out_norm
+                                : kind == LETHE_ATTN_NORM ? &L->attn_norm
+                                : kind == LETHE_FFN_NORM  ? &L->ffn_norm
+                                : kind == LETHE_BQ        ? &L->bq
+                                : kind == LETHE_BK        ? &L->bk
+                                                          : &L->bv;
+      to_f32(*dst);
+      return 0;
+    }
+    Mat* W = nullptr;
+    if (kind == LETHE_TOK_EMBD) W = &m->tok_embd;
+    if (kind == LETHE_OUTPUT) W = &m->output;
+    if (!global) {
+      Layer& L = m->layers[layer];
+      W = kind == LETHE_WQ       ? &L.wq
+          : kind == LETHE_WK     ? &L.wk
+          : kind == LETHE_WV     ? &L.wv
+          : kind == LETHE_WO     ? &L.wo
+          : kind == LETHE_W_GATE ? &L.w_gate
+          : kind == LETHE_W_UP   ? &L.w_up
+                                 : &L.w_down;
+    }
+    W->rows = rows;
+    W->cols = cols;
+    if (type == LETHE_TYPE_BF16) {
+      std::vector<float> f;
+      to_f32(f);
+      W->type = LETHE_TYPE_F32;
+      W->row_bytes = (size_t)cols * 4;
+      W->data.assign((const uint8_t*)f.data(), (const uint8_t*)f.data() + f.size() * 4);
+    } else {
+      W->type = type;
+      W->row_bytes = row_bytes_of(type, cols);
+      W->data.assign((const uint8_t*)data, (const uint8_t*)data + W->row_bytes * (size_t)rows);
+    }
+  } catch (const std::bad_alloc&) {
+    return fail("set_tensor: out of memory");
+  }
+  return 0;
+}
+
+lethe_kv* lethe_kv_create(lethe_model* m) {
+  if (!m) return fail("kv_create: null model"), nullptr;
+  lethe_kv* kv = new (std::nothrow) lethe_kv();
+  if (!kv) return fail("kv_create: out of memory"), nullptr;
+  kv->m = m;
+  kv->layers.resize(m->cfg.n_layers);
+  return kv;
+}
+
+void lethe_kv_free(lethe_kv* kv) { delete kv; }
+
+int32_t lethe_kv_len(lethe_kv* kv, int32_t layer) {
+  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_len: bad kv or layer"), -1;
+  return kv->layers[layer].len;
+}
+
+int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n) {
+  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_compact: bad kv or layer");
+  lethe_kv::L& L = kv->layers[layer];
+  if (n < 0 || n > L.len || (n > 0 && !keep)) return fail("kv_compact: bad count %d (len %d)", n, L.len);
+  int32_t prev = -1;
+  for (int32_t i = 0; i < n; i++) {
+    if (keep[i] <= prev || keep[i] >= L.len) {
+      return fail("kv_compact: keep indices must be strictly ascending in [0, %d), got %d", L.len, keep[i]);
+    }
+    prev = keep[i];
+  }
+  const size_t d = (size_t)kv->m->kv_dim;
+  for (int32_t i = 0; i < n; i++) {
+    const int32_t s = keep[i];
+    if (s == i) continue;
+    memmove(L.k.data() + i * d, L.k.data() + s * d, d * 4);
+    memmove(L.v.data() + i * d, L.v.data() + s * d, d * 4);
+    L.pos[i] = L.pos[s];
+  }
+  L.len = n;
+  return 0;
+}
+
+int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
+  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_read: bad kv or layer");
+  const lethe_kv::L& L = kv->layers[layer];
+  const size_t n = (size_t)L.len * kv->m->kv_dim;
+  if (k && n) memcpy(k, L.k.data(), n * 4);
+  if (v && n) memcpy(v, L.v.data(), n * 4);
+  if (pos && L.len) memcpy(pos, L.pos.data(), (size_t)L.len * 4);
+  return 0;
+}
+
+int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v, const int32_t* pos,
+                       int32_t n) {
+  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_write: bad kv or layer");
+  if (n < 0 || n > (1 << 26)) return fail("kv_write: bad row count %d", n);
+  if (n > 0 && (!k || !v || !pos)) return fail("kv_write: null data");
+  lethe_kv::L& L = kv->layers[layer];
+  const size_t d = (size_t)kv->m->kv_dim;
+  try {
+    L.len = 0;
+    reserve_rows(L, (int)d, n);
+  } catch (const std::bad_alloc&) {
+    return fail("kv_write: out of memory");
+  }
+  if (n) {
+    memcpy(L.k.data(), k, n * d * 4);
+    memcpy(L.v.data(), v, n * d * 4);
+    memcpy(L.pos.data(), pos, (size_t)n * 4);
+  }
+  L.len = n;
+  return 0;
+}
+
+int64_t lethe_kv_bytes(lethe_kv* kv) {
+  if (!kv) return 0;
+  int64_t rows = 0;
+  for (const auto& L : kv->layers) rows += L.len;
+  return rows * kv->m->kv_dim * 2 * 4;
+}
+
+int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
+                      const int32_t* n_tokens, const int32_t* start_pos, const int32_t* logits_mode,
+                      float* logits_out, const float* score_decay, const int32_t* score_window,
+                      float** scores_out) {
+  if (!m) return fail("forward: null model");
+  if (n_seq <= 0) return fail("forward: n_seq must be positive, got %d", n_seq);
+  if (!kvs || !tokens || !n_tokens || !start_pos || !logits_mode) return fail("forward: null argument");
+  if (!model_ready(m)) return 1;
+  const lethe_config& c = m->cfg;
+  const int dim = c.dim, qd = m->q_dim, kvd = m->kv_dim, hd = c.head_dim, ffn = c.ffn_dim, V = c.vocab_size;
+  const int NL = c.n_layers;
+  const bool want_scores = score_decay && score_window && scores_out;
+
+  int64_t N = 0, n_logits = 0;
+  for (int s = 0; s < n_seq; s++) {
+    if (!kvs[s] || kvs[s]->m != m) return fail("forward: sequence %d has no cache of this model", s);
+    for (int u = 0; u < s; u++) {
+      if (kvs[u] == kvs[s]) return fail("forward: sequences %d and %d share a cache", u, s);
+    }
+    if (n_tokens[s] <= 0) return fail("forward: sequence %d has no tokens", s);
+    if (start_pos[s] < 0) return fail("forward: sequence %d has negative start_pos", s);
+    if (logits_mode[s] < 0 || logits_mode[s] > 2) return fail("forward: bad logits_mode %d", logits_mode[s]);
+    if (want_scores && score_window[s] < 0) return fail("forward: negative score window");
+    n_logits += logits_mode[s] == 2 ? n_tokens[s] : logits_mode[s] == 1 ? 1 : 0;
+    N += n_tokens[s];
+  }
+  if (N > (1 << 22)) return fail("forward: too many tokens in one step (%lld)", (long long)N);
+  if (n_logits > 0 && !logits_out) return fail("forward: logits requested but logits_out is null");
+  for (int64_t i = 0; i < N; i++) {
+    if (tokens[i] < 0 || tokens[i] >= V) return fail("forward: token %d out of range [0, %d)", tokens[i], V);
+  }
+
+  try {
+    ensure(m->x, N * dim);
+    ensure(m->xb, N * std::max(dim, qd));
+    ensure(m->q, N * qd);
+    ensure(m->k, N * kvd);
+    ensure(m->v, N * kvd);
+    ensure(m->att, N * qd);
+    ensure(m->hb, N * ffn);
+    ensure(m->hb2, N * ffn);
+    ensure(m->rope_cs, N * hd);
+    for (int s = 0; s < n_seq; s++) {
+      for (auto& L : kvs[s]->layers) reserve_rows(L, kvd, (int64_t)L.len + n_tokens[s]);
+    }
+  } catch (const std::bad_alloc&) {
+    return fail("forward: out of memory");
+  }
+
+  float* x = m->x.data();
+  float* xb = m->xb.data();
+  // Embeddings and RoPE tables (cos, sin per token and frequency).
+  {
+    thread_local std::vector<float> buf;
+    ensure(buf, dim);
+    int64_t i = 0;
+    for (int s = 0; s < n_seq; s++) {
+      for (int t = 0; t < n_tokens[s]; t++, i++) {
+        const float* row = row_f32(m->tok_embd, tokens[i], buf.data());
+        memcpy(x + i * dim, row, (size_t)dim * 4);
+        const double p = (double)start_pos[s] + t;
+        float* cs = m->rope_cs.data() + i * hd;
+        for (int f = 0; f < hd / 2; f++) {
+          const double a = p * m->inv_freq[f];
+          cs[2 * f] = (float)std::cos(a);
+          cs[2 * f + 1] = (float)std::sin(a);
+        }
+      }
+    }
+  }
+  auto rope = [&](float* vec, int nheads, const float* cs) {
+    const int half = hd / 2;
+    for (int h = 0; h < nheads; h++) {
+      float* o = vec + h * hd;
+      for (int f = 0; f < half; f++) {
+        const int i0 = c.rope_style == LETHE_ROPE_INTERLEAVED ? 2 * f : f;
+        const int i1 = c.rope_style == LETHE_ROPE_INTERLEAVED ? i0 + 1 : i0 + half;
+        const float x0 = o[i0], x1 = o[i1], co = cs[2 * f], si = cs[2 * f + 1];
+        o[i0] = x0 * co - x1 * si;
+        o[i1] = x0 * si + x1 * co;
+      }
+    }
+  };
+
+  // Sequence jobs and attention scratch.
+  std::vector<SeqJob> jobs(n_seq);
+  size_t max_lim = 0, hs_total = 0;
+  {
+    int64_t tok0 = 0;
+    for (int s = 0; s < n_seq; s++) {
+      jobs[s].kv = kvs[s];
+      jobs[s].tok0 = tok0;
+      jobs[s].T = n_tokens[s];
+      jobs[s].decay = want_scores ? score_decay[s] : 0.f;
+      jobs[s].window = want_scores ? score_window[s] : 0;
+      tok0 += n_tokens[s];
+      for (const auto& L : kvs[s]->layers) max_lim = std::max(max_lim, (size_t)L.len + n_tokens[s]);
+      if (jobs[s].window > 0) {
+        size_t mx = 0;
+        for (const auto& L : kvs[s]->layers) mx = std::max(mx, (size_t)L.len + n_tokens[s]);
+        hs_total += mx * c.n_kv_heads;
+      }
+    }
+  }
+  try {
+    ensure(m->head_scores, hs_total);
+  } catch (const std::bad_alloc&) {
+    return fail("forward: out of memory");
+  }
+  const int nrep = c.n_heads / c.n_kv_heads;
+
+  for (int l = 0; l < NL; l++) {
+    const Layer& W = m->layers[l];
+    for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.attn_norm.data(), dim, c.norm_eps);
+    matmul(m->max_threads, W.wq, xb, N, m->q.data());
+    matmul(m->max_threads, W.wk, xb, N, m->k.data());
+    matmul(m->max_threads, W.wv, xb, N, m->v.data());
+    for (int64_t i = 0; i < N; i++) {
+      if (!W.bq.empty()) axpy(m->q.data() + i * qd, W.bq.data(), 1.f, qd);
+      if (!W.bk.empty()) axpy(m->k.data() + i * kvd, W.bk.data(), 1.f, kvd);
+      if (!W.bv.empty()) axpy(m->v.data() + i * kvd, W.bv.data(), 1.f, kvd);
+      const float* cs = m->rope_cs.data() + i * hd;
+      rope(m->q.data() + i * qd, c.n_heads, cs);
+      rope(m->k.data() + i * kvd, c.n_kv_heads, cs);
+    }
+    // Append this step's K/V rows to each sequence's layer cache.
+    size_t hs_off = 0;
+    double work = 0;
+    for (int s = 0; s < n_seq; s++) {
+      SeqJob& J = jobs[s];
+      lethe_kv::L& L = kvs[s]->layers[l];
+      J.len_before = L.len;
+      for (int t = 0; t < J.T; t++) {
+        memcpy(L.k.data() + (size_t)(L.len + t) * kvd, m->k.data() + (J.tok0 + t) * kvd, (size_t)kvd * 4);
+        memcpy(L.v.data() + (size_t)(L.len + t) * kvd, m->v.data() + (J.tok0 + t) * kvd, (size_t)kvd * 4);
+        L.pos[L.len + t] = start_pos[s] + t;
+      }
+      L.len += J.T;
+      J.head_scores = nullptr;
+      if (J.window > 0) {
+        J.head_scores = m->head_scores.data() + hs_off;
+        hs_off += (size_t)L.len * c.n_kv_heads;
+      }
+      work += (double)J.T * L.len * c.n_heads * hd * 2;
+    }
+    // Attention: one task per (sequence, kv head).
+    const int64_t ntask = (int64_t)n_seq * c.n_kv_heads;
+    const int nt = threads_for(m->max_threads, work, ntask);
+    auto run_task = [&](int64_t task, std::vector<float>& lg) {
+      const int s = (int)(task / c.n_kv_heads), g = (int)(task % c.n_kv_heads);
+      ensure(lg, max_lim * nrep);
+      attend_group(m, kvs[s]->layers[l], jobs[s], g, lg.data());
+    };
+    if (nt <= 1) {
+      thread_local std::vector<float> lg;
+      for (int64_t task = 0; task < ntask; task++) run_task(task, lg);
+    } else {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+      for (int64_t task = 0; task < ntask; task++) {
+        thread_local std::vector<float> lg;
+        run_task(task, lg);
+      }
+    }
+    // Scores: sum the per-kv-head sums.
+    for (int s = 0; s < n_seq; s++) {
+      const SeqJob& J = jobs[s];
+      float* out = J.window > 0 ? scores_out[(size_t)s * NL + l] : nullptr;
+      if (!out) continue;
+      const int len = kvs[s]->layers[l].len;
+      memcpy(out, J.head_scores, (size_t)len * 4);
+      for (int g = 1; g < c.n_kv_heads; g++) axpy(out, J.head_scores + (size_t)g * len, 1.f, len);
+    }
+    // Output projection and residual.
+    matmul(m->max_threads, W.wo, m->att.data(), N, xb);
+    for (int64_t i = 0; i < N * dim; i++) x[i] += xb[i];
+    // SwiGLU FFN.
+    for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.ffn_norm.data(), dim, c.norm_eps);
+    matmul(m->max_threads, W.w_gate, xb, N, m->hb.data());
+    matmul(m->max_threads, W.w_up, xb, N, m->hb2.data());
+    {
+      float* g = m->hb.data();
+      const float* u = m->hb2.data();
+      for (int64_t i = 0; i < N * ffn; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+    matmul(m->max_threads, W.w_down, m->hb.data(), N, xb);
+    for (int64_t i = 0; i < N * dim; i++) x[i] += xb[i];
+  }
+
+  if (n_logits > 0) {
+    try {
+      ensure(m->lx, n_logits * dim);
+    } catch (const std::bad_alloc&) {
+      return fail("forward: out of memory");
+    }
+    int64_t r = 0;
+    for (int s = 0; s < n_seq; s++) {
+      const SeqJob& J = jobs[s];
+      if (logits_mode[s] == 0) continue;
+      const int t0 = logits_mode[s] == 2 ? 0 : J.T - 1;
+      for (int t = t0; t < J.T; t++, r++) {
+        rmsnorm(m->lx.data() + r * dim, x + (J.tok0 + t) * dim, m->out_norm.data(), dim, c.norm_eps);
+      }
+    }
+    const Mat& out = m->output.set() ? m->output : m->tok_embd;
+    matmul(m->max_threads, out, m->lx.data(), n_logits, logits_out);
+    (void)V;
+  }
+  return 0;
+}
+
+}  // extern "C"
