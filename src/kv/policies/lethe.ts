@@ -1,0 +1,179 @@
+/**
+ * Lethe: layer- and time-adaptive KV pruning.
+ *
+ * Scores (RASR, Recency-Aware Selective Retention): per layer, per cached row,
+ * `S_l[j] = γ·S_l[j] + Σ_h A_h(q_t, j)`, accumulated attention with decay γ per query (a prefill reports
+ * the decayed sum over all its queries, so a prefill equals the same tokens decoded one by one).
+ *
+ * `mode: "adaptive"` (the paper's rule). Each layer has a trigger T_l (starting at `initialTrigger`); when
+ * the layer holds more than T_l rows it is pruned (again and again while decoding: multi-round). The
+ * middle rows (all but `sink` leading and the `recentRatio × length` newest) are sorted by score,
+ * descending; walking the `segments` − 1 inner segment boundaries b, the first b with `S[0] / S[b] ≥ tau`
+ * decides: the top b middle rows stay, with the sinks and the recent rows. Sparse layers keep few rows,
+ * dense layers many. No qualifying boundary means the layer's attention is flat: it is left alone and T_l
+ * doubles (back-off); T_l also doubles when a prune keeps T_l rows or more, so rounds stay spaced out.
+ *
+ * `mode: "fixed"` (for comparison at equal memory). A total of `budget × nLayers` rows is split across the
+ * layers in proportion to each layer's density `(1 − Hoyer(S_l))^densityPower` (a flat, dense layer needs
+ * many rows; a peaked, sparse one few), after a floor of `sink + minLayer` rows each. A layer is pruned
+ * back to its share B_l (keeping sinks, the newest `recentRatio × B_l` rows and the top scores) whenever it
+ * exceeds `B_l + slack`, so rounds are batched and the sum over layers never exceeds
+ * `budget × nLayers + slack × nLayers`. The time-averaged kept count sits near `B + slack/2` once full.
+ */
+import { z } from "zod";
+import type { ScoreRequest } from "../../engine/backend.ts";
+import type { SequenceKV } from "../cache.ts";
+import { BasePolicy, hoyer, paramSchemas, rankByScore, resolveBudget, selectKeep } from "../policy_core.ts";
+import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
+
+export const schema = z.strictObject({
+  mode: z.enum(["adaptive", "fixed"], { error: 'must be "adaptive" or "fixed"' }).default("adaptive"),
+  gamma: z.number({ error: "must be a number in (0, 1]" }).gt(0, "must be in (0, 1]").max(
+    1,
+    "must be in (0, 1]",
+  )
+    .default(0.95),
+  tau: z.number().gt(1, "must be > 1").default(400),
+  segments: paramSchemas.count(16, 2),
+  sink: paramSchemas.sink(4),
+  recentRatio: paramSchemas.fraction(0.3),
+  initialTrigger: paramSchemas.count(128, 1),
+  budget: paramSchemas.budget(0.25),
+  slack: paramSchemas.count(32, 0),
+  densityPower: z.number().min(0, "must be ≥ 0").max(8, "must be ≤ 8").default(1),
+  minLayer: paramSchemas.count(8, 0),
+});
+export type LetheParams = z.infer<typeof schema>;
+
+/**
+ * The breakpoint rule on a descending score list: the first inner segment boundary b (of `segments`
+ * segments over `sorted.length`) with `sorted[0] / sorted[b] ≥ tau`, or -1 when the scores are flat.
+ */
+export function findBreakpoint(sorted: ArrayLike<number>, segments: number, tau: number): number {
+  const m = sorted.length;
+  if (m < 2 || !(sorted[0] > 0)) return -1;
+  let prev = 0;
+  for (let i = 1; i < segments; i++) {
+    const b = Math.round((i * m) / segments);
+    if (b <= prev || b >= m) continue;
+    prev = b;
+    const s = sorted[b];
+    if (s <= 0 || sorted[0] / s >= tau) return b;
+  }
+  return -1;
+}
+
+/** Split `total` rows across layers by weight, after a floor of `floor` each; integers, sum ≤ total. */
+export function splitBudget(total: number, weights: number[], floor: number): number[] {
+  const n = weights.length;
+  const base = Math.min(floor, Math.floor(total / n));
+  const rest = total - base * n;
+  let sum = 0;
+  for (const w of weights) sum += Math.max(0, w);
+  return weights.map((w) => base + Math.floor(sum > 0 ? (rest * Math.max(0, w)) / sum : rest / n));
+}
+
+export class LethePolicy extends BasePolicy {
+  readonly name = "lethe";
+  readonly budgetTokens: number;
+  private readonly p: LetheParams;
+  /** Per-layer triggers (adaptive mode). */
+  readonly triggers: number[];
+  /** Per-layer budgets of the last step (fixed mode). */
+  layerBudgets: number[];
+
+  constructor(p: LetheParams, shape: PolicyShape) {
+    super(p, shape);
+    this.p = p;
+    this.decay = p.gamma;
+    this.budgetTokens = resolveBudget(p.budget, shape.contextLength);
+    this.triggers = new Array(shape.nLayers).fill(p.initialTrigger);
+    this.layerBudgets = new Array(shape.nLayers).fill(this.budgetTokens);
+  }
+
+  scoreRequest(_phase: Phase, nNew: number): ScoreRequest | undefined {
+    return { decay: this.p.gamma, window: Math.max(1, nNew) };
+  }
+
+  protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {
+    if (this.p.mode === "fixed") this.pruneFixed(kv, events);
+    else this.pruneAdaptive(kv, events);
+  }
+
+  /** The layer densities used to split the fixed budget. */
+  densities(kv: SequenceKV): number[] {
+    const out: number[] = [];
+    for (let l = 0; l < this.nLayers; l++) {
+      const n = kv.length(l);
+      const s = this.table.get(l).subarray(Math.min(n, this.p.sink));
+      out.push(s.length > 1 ? Math.pow(Math.max(1e-6, 1 - hoyer(s)), this.p.densityPower) : 1);
+    }
+    return out;
+  }
+
+  private pruneFixed(kv: SequenceKV, events: PruneEvent[]): void {
+    // nothing can exceed its share before some layer passes the smallest possible share (skip the split)
+    const floor = Math.min(this.budgetTokens, this.p.sink + this.p.minLayer) + this.p.slack;
+    let any = false;
+    for (let l = 0; l < this.nLayers && !any; l++) any = kv.length(l) > floor;
+    if (!any) return;
+    this.layerBudgets = this.p.densityPower === 0
+      ? new Array(this.nLayers).fill(this.budgetTokens)
+      : splitBudget(this.budgetTokens * this.nLayers, this.densities(kv), this.p.sink + this.p.minLayer);
+    for (let l = 0; l < this.nLayers; l++) {
+      const n = kv.length(l);
+      const b = this.layerBudgets[l];
+      if (n <= b + this.p.slack) continue;
+      const keep = selectKeep(this.table.get(l), n, {
+        sink: this.p.sink,
+        recent: Math.round(this.p.recentRatio * b),
+        budget: b,
+      });
+      this.pruneLayer(kv, l, keep, events);
+    }
+  }
+
+  private pruneAdaptive(kv: SequenceKV, events: PruneEvent[]): void {
+    const { sink, recentRatio, segments, tau } = this.p;
+    for (let l = 0; l < this.nLayers; l++) {
+      const n = kv.length(l);
+      if (n <= this.triggers[l]) continue;
+      const s = Math.min(sink, n);
+      const r = Math.min(Math.round(recentRatio * n), n - s);
+      const scores = this.table.get(l);
+      const ranked = rankByScore(scores, s, n - r);
+      const sorted = Float32Array.from(ranked, (i) => scores[i]);
+      const b = findBreakpoint(sorted, segments, tau);
+      if (b < 0) {
+        this.triggers[l] *= 2; // flat: back off
+        continue;
+      }
+      const keep = selectKeep(scores, n, { sink: s, recent: r, budget: s + r + b });
+      this.pruneLayer(kv, l, keep, events);
+      if (keep.length >= this.triggers[l]) this.triggers[l] *= 2;
+    }
+  }
+
+  protected override exportMeta(): Record<string, unknown> {
+    return { triggers: [...this.triggers], layerBudgets: [...this.layerBudgets] };
+  }
+
+  protected override importMeta(meta: Record<string, unknown>): void {
+    const t = meta.triggers, b = meta.layerBudgets;
+    const ok = (a: unknown): a is number[] =>
+      Array.isArray(a) && a.length === this.nLayers && a.every((x) => Number.isInteger(x) && x >= 0);
+    if (!ok(t) || !ok(b)) {
+      throw new Error(
+        `policy state: lethe needs meta.triggers and meta.layerBudgets (${this.nLayers} integers)`,
+      );
+    }
+    for (let l = 0; l < this.nLayers; l++) {
+      this.triggers[l] = t[l];
+      this.layerBudgets[l] = b[l];
+    }
+  }
+}
+
+export function create(params: LetheParams, shape: PolicyShape): LethePolicy {
+  return new LethePolicy(params, shape);
+}

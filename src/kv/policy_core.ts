@@ -1,0 +1,343 @@
+/**
+ * Shared machinery of the KV policies (in the spirit of NVIDIA kvpress: every policy is a small class that
+ * decides *what* to score and *when* to prune; this module does the score bookkeeping, the selection of the
+ * rows to keep and the compaction of the cache together with the policy's score arrays).
+ *
+ * Import the contract and the registry from `policy.ts`; it re-exports everything here.
+ */
+import { z } from "zod";
+import type { ScoreRequest } from "../engine/backend.ts";
+import type { SequenceKV } from "./cache.ts";
+import type { KVPolicy, Phase, PolicyState, PruneEvent, StepKVStats } from "./policy.ts";
+
+/** Per-layer per-token score arrays, kept aligned with the rows of a SequenceKV. */
+export class ScoreTable {
+  readonly nLayers: number;
+  private buf: Float32Array[] = [];
+  private len: Int32Array;
+
+  constructor(nLayers: number) {
+    this.nLayers = nLayers;
+    this.len = new Int32Array(nLayers);
+    for (let l = 0; l < nLayers; l++) this.buf.push(new Float32Array(16));
+  }
+
+  length(layer: number): number {
+    return this.len[layer];
+  }
+
+  /** A view of the valid scores of `layer` (invalidated by append/compact). */
+  get(layer: number): Float32Array {
+    return this.buf[layer].subarray(0, this.len[layer]);
+  }
+
+  /** Append `n` zero scores to `layer`. */
+  append(layer: number, n: number): void {
+    const need = this.len[layer] + n;
+    if (need > this.buf[layer].length) {
+      let cap = Math.max(16, this.buf[layer].length);
+      while (cap < need) cap *= 2;
+      const next = new Float32Array(cap);
+      next.set(this.get(layer));
+      this.buf[layer] = next;
+    }
+    this.buf[layer].fill(0, this.len[layer], need);
+    this.len[layer] = need;
+  }
+
+  /** Multiply the valid scores of `layer` by `factor`. */
+  scale(layer: number, factor: number): void {
+    if (factor === 1) return;
+    const s = this.get(layer);
+    for (let i = 0; i < s.length; i++) s[i] *= factor;
+  }
+
+  /** Add `scores` (same length as the layer) element-wise. */
+  add(layer: number, scores: ArrayLike<number>): void {
+    const s = this.get(layer);
+    if (scores.length !== s.length) {
+      throw new RangeError(
+        `scores of layer ${layer} have length ${scores.length}, cache has ${s.length} rows`,
+      );
+    }
+    for (let i = 0; i < s.length; i++) s[i] += scores[i];
+  }
+
+  /** Keep only the given (ascending) indices of `layer`, like SequenceKV.compact. */
+  compact(layer: number, keep: Int32Array): void {
+    const s = this.buf[layer];
+    for (let i = 0; i < keep.length; i++) s[i] = s[keep[i]];
+    this.len[layer] = keep.length;
+  }
+
+  /** Replace the scores of `layer` with a copy of `values`. */
+  set(layer: number, values: ArrayLike<number>): void {
+    this.len[layer] = 0;
+    this.append(layer, values.length);
+    this.buf[layer].set(values as ArrayLike<number>);
+  }
+
+  /**
+   * The step bookkeeping: after a step appended `nNew` rows to every layer of `kv`, decay the old scores by
+   * `decay^nNew`, append zeros for the new rows and add the step's reported scores (when given):
+   * `S = S·γ^nNew + scores`. Throws when the table and the cache disagree.
+   */
+  update(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, decay: number): void {
+    if (scores && scores.length !== this.nLayers) {
+      throw new RangeError(`scores cover ${scores.length} layers, the policy has ${this.nLayers}`);
+    }
+    const factor = nNew === 0 ? 1 : Math.pow(decay, nNew);
+    for (let l = 0; l < this.nLayers; l++) {
+      const rows = kv.length(l);
+      if (rows !== this.len[l] + nNew) {
+        throw new RangeError(
+          `KV policy out of sync on layer ${l}: tracks ${this.len[l]} rows + ${nNew} new, cache has ${rows}`,
+        );
+      }
+      this.scale(l, factor);
+      this.append(l, nNew);
+      if (scores) this.add(l, scores[l]);
+    }
+  }
+
+  export(): Float32Array[] {
+    const out: Float32Array[] = [];
+    for (let l = 0; l < this.nLayers; l++) out.push(this.get(l).slice());
+    return out;
+  }
+}
+
+export interface KeepSpec {
+  /** Leading tokens always kept (attention sinks). */
+  sink: number;
+  /** Most recent tokens always kept. */
+  recent: number;
+  /** Total tokens kept (sinks and recent included). */
+  budget: number;
+}
+
+/** 0, 1, …, n-1. */
+export function allIndices(n: number): Int32Array {
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = i;
+  return out;
+}
+
+/**
+ * The candidate indices in [from, to) sorted by score descending; ties go to the more recent (larger) index,
+ * so the order is deterministic.
+ */
+export function rankByScore(scores: ArrayLike<number>, from: number, to: number): Int32Array {
+  const idx = new Int32Array(Math.max(0, to - from));
+  for (let i = 0; i < idx.length; i++) idx[i] = from + i;
+  idx.sort((a, b) => {
+    const d = scores[b] - scores[a];
+    return d !== 0 ? d : b - a;
+  });
+  return idx;
+}
+
+/**
+ * Which of `n` rows to keep: the first `sink` and the last `recent` rows always (as far as the budget
+ * allows: sinks first), then the top-scoring middle rows fill the budget. Returns ascending indices;
+ * all rows when `budget >= n`.
+ */
+export function selectKeep(scores: ArrayLike<number>, n: number, spec: KeepSpec): Int32Array {
+  const budget = Math.max(0, Math.floor(spec.budget));
+  if (budget >= n) return allIndices(n);
+  const s = Math.min(Math.max(0, Math.floor(spec.sink)), budget);
+  const r = Math.min(Math.max(0, Math.floor(spec.recent)), budget - s);
+  const mark = new Uint8Array(n);
+  for (let i = 0; i < s; i++) mark[i] = 1;
+  for (let i = n - r; i < n; i++) mark[i] = 1;
+  const fill = budget - s - r;
+  if (fill > 0) {
+    const ranked = rankByScore(scores, s, n - r);
+    for (let i = 0; i < fill && i < ranked.length; i++) mark[ranked[i]] = 1;
+  }
+  return fromMask(mark);
+}
+
+/** Ascending indices of the set entries of a mask. */
+export function fromMask(mark: Uint8Array): Int32Array {
+  let count = 0;
+  for (let i = 0; i < mark.length; i++) count += mark[i];
+  const out = new Int32Array(count);
+  let j = 0;
+  for (let i = 0; i < mark.length; i++) if (mark[i]) out[j++] = i;
+  return out;
+}
+
+/** Anything that compacts like the cache (a ScoreTable, a policy's extra per-row state). */
+export interface RowAligned {
+  compact(layer: number, keep: Int32Array): void;
+}
+
+/**
+ * Compact `layer` of the cache and of every score array of the policy with the same indices, so that the
+ * scores stay aligned with the rows. Positions move with the rows (SequenceKV.compact keeps each row's
+ * original position). Returns the number of evicted rows.
+ */
+export function compactLayer(
+  kv: SequenceKV,
+  layer: number,
+  keep: Int32Array,
+  scoreArrays: RowAligned[],
+): number {
+  const before = kv.length(layer);
+  if (keep.length === before) return 0;
+  kv.compact(layer, keep);
+  for (const a of scoreArrays) a.compact(layer, keep);
+  return before - keep.length;
+}
+
+/** Hoyer sparsity of a non-negative vector: 0 for a flat one, 1 for a one-hot one. */
+export function hoyer(a: ArrayLike<number>): number {
+  const n = a.length;
+  if (n <= 1) return 1;
+  let l1 = 0, l2 = 0;
+  for (let i = 0; i < n; i++) {
+    const x = Math.abs(a[i]);
+    l1 += x;
+    l2 += x * x;
+  }
+  if (l2 === 0) return 0;
+  const sq = Math.sqrt(n);
+  return Math.max(0, Math.min(1, (sq - l1 / Math.sqrt(l2)) / (sq - 1)));
+}
+
+/** Same-length max pooling with an odd `kernel` (SnapKV smooths its votes this way). */
+export function maxPool(a: ArrayLike<number>, kernel: number): Float32Array {
+  const n = a.length;
+  const out = new Float32Array(n);
+  const h = Math.max(0, Math.floor(kernel / 2));
+  for (let i = 0; i < n; i++) {
+    let m = -Infinity;
+    const lo = Math.max(0, i - h), hi = Math.min(n - 1, i + h);
+    for (let j = lo; j <= hi; j++) if (a[j] > m) m = a[j];
+    out[i] = m;
+  }
+  return out;
+}
+
+/** A budget param: ≤ 1 is a fraction of the context length, > 1 an absolute per-layer token count. */
+export function resolveBudget(budget: number, contextLength: number): number {
+  return budget <= 1 ? Math.max(1, Math.round(budget * contextLength)) : Math.floor(budget);
+}
+
+export type Params = Readonly<Record<string, number | boolean | string>>;
+
+/**
+ * The common skeleton: score bookkeeping aligned with the cache, timing, counters and persistence. A policy
+ * says what scores it wants (`scoreRequest`), how old scores decay (`decay`), and prunes in `prune`.
+ */
+export abstract class BasePolicy implements KVPolicy {
+  abstract readonly name: string;
+  readonly params: Params;
+  readonly stats = { pruneRounds: 0, pruneMs: 0, evicted: 0 };
+  protected readonly nLayers: number;
+  protected readonly contextLength: number;
+  protected readonly table: ScoreTable;
+  /** Per-step decay of the accumulated scores (matches the ScoreRequest's decay). */
+  protected decay = 1;
+
+  constructor(params: Params, shape: { nLayers: number; contextLength: number }) {
+    this.params = Object.freeze({ ...params });
+    this.nLayers = shape.nLayers;
+    this.contextLength = shape.contextLength;
+    this.table = new ScoreTable(shape.nLayers);
+  }
+
+  abstract scoreRequest(phase: Phase, nNew: number): ScoreRequest | undefined;
+
+  /** Decide and prune; call `this.pruneLayer` for each layer that shrinks. */
+  protected abstract prune(kv: SequenceKV, phase: Phase, nNew: number, events: PruneEvent[]): void;
+
+  /** Extra per-row state compacted along with the main score table. */
+  protected rowAligned(): RowAligned[] {
+    return [this.table];
+  }
+
+  /** Record the step (before the table update), e.g. to keep a ring of per-query scores. */
+  protected observe(_scores: Float32Array[] | undefined, _nNew: number, _phase: Phase): void {}
+
+  afterStep(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, phase: Phase): StepKVStats {
+    const t0 = performance.now();
+    if (!Number.isInteger(nNew) || nNew < 0) throw new RangeError(`nNew must be a non-negative integer`);
+    const wanted = this.scoreRequest(phase, nNew) !== undefined;
+    if (wanted && !scores && nNew > 0) {
+      throw new Error(`KV policy ${this.name} requested attention scores but the step reported none`);
+    }
+    const used = wanted ? scores : undefined;
+    this.observe(used, nNew, phase);
+    this.table.update(kv, used, nNew, this.decay);
+    const events: PruneEvent[] = [];
+    this.prune(kv, phase, nNew, events);
+    const ms = performance.now() - t0;
+    if (events.length > 0) this.stats.pruneRounds++;
+    this.stats.pruneMs += ms;
+    return { pruneEvents: events, pruneMs: ms };
+  }
+
+  protected pruneLayer(kv: SequenceKV, layer: number, keep: Int32Array, events: PruneEvent[]): void {
+    const before = kv.length(layer);
+    const evicted = compactLayer(kv, layer, keep, this.rowAligned());
+    if (evicted > 0) {
+      this.stats.evicted += evicted;
+      events.push({ layer, before, after: keep.length });
+    }
+  }
+
+  /** Policy-specific persistent state (JSON-serializable). */
+  protected exportMeta(): Record<string, unknown> {
+    return {};
+  }
+
+  protected importMeta(_meta: Record<string, unknown>, _kv: SequenceKV): void {}
+
+  exportState(): PolicyState {
+    return {
+      scores: this.table.export(),
+      meta: { policy: this.name, stats: { ...this.stats }, ...this.exportMeta() },
+    };
+  }
+
+  importState(s: PolicyState, kv: SequenceKV): void {
+    if (!s || !Array.isArray(s.scores) || typeof s.meta !== "object" || s.meta === null) {
+      throw new Error("policy state: expected {scores: Float32Array[], meta: object}");
+    }
+    if (s.meta.policy !== undefined && s.meta.policy !== this.name) {
+      throw new Error(`policy state is for policy "${String(s.meta.policy)}", not "${this.name}"`);
+    }
+    if (s.scores.length !== this.nLayers) {
+      throw new Error(`policy state has ${s.scores.length} layers of scores, the model has ${this.nLayers}`);
+    }
+    for (let l = 0; l < this.nLayers; l++) {
+      if (s.scores[l].length !== kv.length(l)) {
+        throw new Error(
+          `policy state layer ${l} has ${s.scores[l].length} scores, the cache holds ${kv.length(l)} rows`,
+        );
+      }
+    }
+    this.importMeta(s.meta, kv);
+    for (let l = 0; l < this.nLayers; l++) this.table.set(l, s.scores[l]);
+    const st = s.meta.stats as Record<string, unknown> | undefined;
+    if (st && typeof st === "object") {
+      for (const k of ["pruneRounds", "pruneMs", "evicted"] as const) {
+        if (typeof st[k] === "number" && Number.isFinite(st[k])) this.stats[k] = st[k] as number;
+      }
+    }
+  }
+}
+
+/** Param schemas shared by the policies. */
+export const paramSchemas = {
+  /** ≤ 1: fraction of the model's context length; > 1: average kept tokens per layer. */
+  budget: (def: number) =>
+    z.number({ error: "must be a number" }).positive("must be > 0 (≤ 1: fraction of context, > 1: tokens)")
+      .default(def),
+  sink: (def: number) => z.number().int("must be an integer").min(0, "must be ≥ 0").max(1024).default(def),
+  fraction: (def: number) => z.number().min(0, "must be in [0, 1]").max(1, "must be in [0, 1]").default(def),
+  count: (def: number, min = 1) =>
+    z.number().int("must be an integer").min(min, `must be ≥ ${min}`).max(1 << 20).default(def),
+};
