@@ -1,0 +1,226 @@
+/**
+ * One decoding sequence: its KV cache, KV policy, sampler, token history and stop rules, independent of
+ * how it is batched. The CLI drives one Sequence; the scheduler drives many in one batched forward call.
+ *
+ * Invariant: `tokens` is the whole history; the first `kv.nextPos` of them are in the KV cache, the rest
+ * are pending and go into the next forward call(s). A finished sequence's last sampled token stays pending,
+ * so a resumed session feeds it together with the next turn's tokens.
+ */
+import type { Backend, StepInput, StepOutput } from "./backend.ts";
+import type { SequenceKV } from "../kv/cache.ts";
+import type { KVPolicy, Phase } from "../kv/policy.ts";
+import type { StreamDecoder, Tokenizer } from "../model/tokenizer/types.ts";
+import { Sampler, type SamplingParams } from "./sampler.ts";
+
+export interface SequenceOptions {
+  maxTokens: number;
+  stop: string[];
+  sampling: SamplingParams;
+  policy: KVPolicy;
+  /** Stop when the model emits its EOS token (default true). */
+  stopAtEos?: boolean;
+  /** Most prompt tokens per forward call (default 256). */
+  prefillChunk?: number;
+}
+
+export type FinishReason = "stop" | "length" | "cancelled";
+
+export interface SequenceEvent {
+  /** The token sampled by this step, or null for a prefill chunk that sampled nothing. */
+  token: number | null;
+  /** Text that became final with this step (stop strings are held back until ruled out). */
+  text: string;
+  finished: boolean;
+}
+
+export interface SequenceStats {
+  promptTokens: number;
+  prefilledTokens: number;
+  generatedTokens: number;
+  keptPerLayer: number[];
+  kvBytes: number;
+  pruneRounds: number;
+  pruneMs: number;
+}
+
+export class Sequence {
+  readonly kv: SequenceKV;
+  readonly tokens: number[];
+  readonly policy: KVPolicy;
+  readonly sampler: Sampler;
+  finishReason: FinishReason | null = null;
+  private readonly opts: Required<Omit<SequenceOptions, "policy" | "sampling">>;
+  private readonly tokenizer: Tokenizer;
+  private decoder: StreamDecoder;
+  private decoderPrimed = false;
+  private generated = 0;
+  private prefilled = 0;
+  private promptTokens = 0;
+  private sampling = false;
+  private lastPhase: Phase = "prefill";
+  private lastN = 0;
+  /** Decoded text not yet emitted because it may be the start of a stop string. */
+  private held = "";
+
+  constructor(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    opts: SequenceOptions,
+    resume?: { kv: SequenceKV; tokens: number[] },
+  ) {
+    this.tokenizer = tokenizer;
+    this.policy = opts.policy;
+    this.sampler = new Sampler(opts.sampling);
+    this.opts = {
+      maxTokens: opts.maxTokens,
+      stop: opts.stop.filter((s) => s.length > 0),
+      stopAtEos: opts.stopAtEos ?? true,
+      prefillChunk: opts.prefillChunk ?? 256,
+    };
+    if (!(this.opts.prefillChunk >= 1)) throw new RangeError("prefillChunk must be ≥ 1");
+    this.kv = resume?.kv ?? backend.createKV();
+    this.tokens = resume ? [...resume.tokens] : [];
+    if (this.kv.nextPos > this.tokens.length) {
+      throw new Error(`resume: cache holds ${this.kv.nextPos} tokens but history has ${this.tokens.length}`);
+    }
+    this.decoder = tokenizer.streamDecoder();
+  }
+
+  /** Tokens of the history not yet in the KV cache. */
+  get pending(): number {
+    return this.tokens.length - this.kv.nextPos;
+  }
+
+  get finished(): boolean {
+    return this.finishReason !== null;
+  }
+
+  get generatedTokens(): number {
+    return this.generated;
+  }
+
+  /** Append prompt tokens; generation starts once they are all in the cache. */
+  feed(tokens: number[]): void {
+    if (this.sampling) throw new Error("feed: the sequence is already generating");
+    this.tokens.push(...tokens);
+    this.promptTokens += tokens.length;
+  }
+
+  /** Start generating after the fed prompt. */
+  start(): void {
+    if (this.pending === 0) throw new Error("start: nothing to condition on (empty history)");
+    this.sampling = true;
+    if (this.opts.maxTokens <= 0) this.finishReason = "length";
+  }
+
+  nextInput(): StepInput {
+    if (!this.sampling) throw new Error("nextInput: call start() first");
+    if (this.finished) throw new Error("nextInput: the sequence is finished");
+    const n = Math.min(this.pending, this.opts.prefillChunk);
+    const from = this.kv.nextPos;
+    const chunk = this.tokens.slice(from, from + n);
+    const isLastChunk = n === this.pending;
+    this.lastPhase = this.generated > 0 && n === 1 ? "decode" : "prefill";
+    this.lastN = n;
+    return {
+      kv: this.kv,
+      tokens: chunk,
+      logits: isLastChunk ? "last" : "none",
+      scores: this.policy.scoreRequest(this.lastPhase, n),
+    };
+  }
+
+  accept(out: StepOutput): SequenceEvent {
+    this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase);
+    if (this.lastPhase === "prefill") this.prefilled += this.lastN;
+    if (this.pending > 0) return { token: null, text: "", finished: false };
+    if (!this.decoderPrimed) {
+      // Decode in context: the token before the first generated one decides e.g. the leading-space rule.
+      if (this.tokens.length > 0) this.decoder.push(this.tokens[this.tokens.length - 1]);
+      this.decoderPrimed = true;
+    }
+    const token = this.sampler.sample(out.logits, this.tokens);
+    this.tokens.push(token);
+    this.generated++;
+    const eos = this.opts.stopAtEos && token === this.tokenizer.eosId;
+    let text = eos ? "" : this.decoder.push(token);
+    if (eos) {
+      text = this.decoder.flush();
+      this.finishReason = "stop";
+    } else if (this.generated >= this.opts.maxTokens) {
+      text += this.decoder.flush();
+      this.finishReason = "length";
+    }
+    return this.emit(text);
+  }
+
+  cancel(): void {
+    if (!this.finished) this.finishReason = "cancelled";
+  }
+
+  /** Apply stop strings to newly decoded text: emit what can no longer start a stop string. */
+  private emit(text: string): SequenceEvent {
+    const stops = this.opts.stop;
+    let buf = this.held + text;
+    if (stops.length === 0) {
+      this.held = "";
+      return { token: this.tokens[this.tokens.length - 1], text: buf, finished: this.finished };
+    }
+    let cut = -1;
+    for (const s of stops) {
+      const i = buf.indexOf(s);
+      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+    }
+    if (cut >= 0) {
+      buf = buf.slice(0, cut);
+      this.held = "";
+      this.finishReason = "stop";
+      return { token: this.tokens[this.tokens.length - 1], text: buf, finished: true };
+    }
+    if (this.finished) {
+      this.held = "";
+      return { token: this.tokens[this.tokens.length - 1], text: buf, finished: true };
+    }
+    // hold back the longest suffix of buf that is a proper prefix of some stop string
+    let hold = 0;
+    for (const s of stops) {
+      for (let k = Math.min(s.length - 1, buf.length); k > hold; k--) {
+        if (buf.endsWith(s.slice(0, k))) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    this.held = buf.slice(buf.length - hold);
+    return {
+      token: this.tokens[this.tokens.length - 1],
+      text: buf.slice(0, buf.length - hold),
+      finished: false,
+    };
+  }
+
+  stats(): SequenceStats {
+    const keptPerLayer: number[] = [];
+    for (let l = 0; l < this.kv.shape.nLayers; l++) keptPerLayer.push(this.kv.length(l));
+    return {
+      promptTokens: this.promptTokens,
+      prefilledTokens: this.prefilled,
+      generatedTokens: this.generated,
+      keptPerLayer,
+      kvBytes: this.kv.bytes(),
+      pruneRounds: this.policy.stats.pruneRounds,
+      pruneMs: this.policy.stats.pruneMs,
+    };
+  }
+}
+
+/** Run one sequence to completion on its own, yielding text as it becomes final. */
+export async function* runSequence(backend: Backend, seq: Sequence): AsyncGenerator<SequenceEvent> {
+  if (!seq.finished) {
+    while (!seq.finished) {
+      const [out] = await backend.forward([seq.nextInput()]);
+      const ev = seq.accept(out);
+      if (ev.token !== null || ev.text) yield ev;
+    }
+  }
+}
