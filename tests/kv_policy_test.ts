@@ -268,7 +268,8 @@ Deno.test("lethe fixed: the total budget is split by density and respected acros
   ) as LethePolicy;
   const kv = new HostKVCache(SHAPE);
   // layer 0 sparse (one hot token per 10), layer 1 flat (dense)
-  const sc = (l: number, n: number) => range(0, n).map((j) => (l === 1 ? 1 / n : j % 10 === 3 ? 0.5 : 0.001));
+  const sc = (l: number, n: number) =>
+    range(0, n).map((j) => (l === 1 ? 1 / n : kv.positions(l)[j] % 10 === 3 ? 0.5 : 0.001));
   let peakTotal = 0;
   for (let i = 0; i < 200; i++) {
     step(p, kv, 1, sc);
@@ -282,9 +283,10 @@ Deno.test("lethe fixed: the total budget is split by density and respected acros
   assert.ok(d[0] < d[1], `densities ${d}`);
   assert.ok(Math.abs(hoyer([0, 0, 1, 0]) - 1) < 1e-9 && hoyer([1, 1, 1, 1]) === 0);
   assertRowsIntact(kv);
-  // the sparse layer kept its hot tokens (positions ≡ 3 mod 10) among the older rows
-  const old = pos(kv, 0).filter((x) => x >= 2 && x < 180);
-  assert.ok(old.length > 0 && old.every((x) => x % 10 === 3), `kept ${old}`);
+  // the sparse layer kept all its hot tokens (positions ≡ 3 mod 10) among the older rows, and little else
+  const kept0 = pos(kv, 0);
+  for (let x = 3; x < 180; x += 10) assert.ok(kept0.includes(x), `hot ${x} kept: ${kept0}`);
+  assert.ok(kept0.filter((x) => x >= 2 && x < 180 && x % 10 !== 3).length <= 2, `kept ${kept0}`);
 });
 
 Deno.test("state export/import round trip continues identically; mismatches throw", () => {
