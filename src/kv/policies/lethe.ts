@@ -17,7 +17,7 @@
  * layers in proportion to each layer's density `(1 − Hoyer(S_l))^densityPower` (a flat, dense layer needs
  * many rows; a peaked, sparse one few), after a floor of `sink + minLayer` rows each. A layer is pruned
  * back to its share B_l (keeping sinks, the newest `recentRatio × B_l` rows and the top scores) whenever it
- * exceeds `B_l + slack`, so rounds are batched and the sum over layers never exceeds
+ * exceeds `B_l + slack` while the layers together hold more than the total, so rounds are batched and the sum over layers never exceeds
  * `budget × nLayers + slack × nLayers`. The time-averaged kept count sits near `B + slack/2` once full.
  */
 import { z } from "zod";
@@ -112,11 +112,10 @@ export class LethePolicy extends BasePolicy {
   }
 
   private pruneFixed(kv: SequenceKV, events: PruneEvent[]): void {
-    // nothing can exceed its share before some layer passes the smallest possible share (skip the split)
-    const floor = Math.min(this.budgetTokens, this.p.sink + this.p.minLayer) + this.p.slack;
-    let any = false;
-    for (let l = 0; l < this.nLayers && !any; l++) any = kv.length(l) > floor;
-    if (!any) return;
+    // within the total budget nothing needs to go (and the density split is not computed)
+    let sum = 0;
+    for (let l = 0; l < this.nLayers; l++) sum += kv.length(l);
+    if (sum <= this.budgetTokens * this.nLayers) return;
     this.layerBudgets = this.p.densityPower === 0
       ? new Array(this.nLayers).fill(this.budgetTokens)
       : splitBudget(this.budgetTokens * this.nLayers, this.densities(kv), this.p.sink + this.p.minLayer);
