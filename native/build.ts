@@ -110,7 +110,12 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
   if (cudaSources.length === 0) {
     results.push({ lib: "cuda", status: "skipped", path: CUDA_LIB, message: "no native/cuda/*.cu sources" });
   } else if (!(await hasCommand("nvcc"))) {
-    results.push({ lib: "cuda", status: "skipped", path: CUDA_LIB, message: "nvcc not found; CUDA not built" });
+    results.push({
+      lib: "cuda",
+      status: "skipped",
+      path: CUDA_LIB,
+      message: "nvcc not found; CUDA not built",
+    });
   } else {
     const cudaDeps = [header, ...listSources(cudaDir, ".h"), ...listSources(cudaDir, ".cuh")];
     const flags = ["-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17", ...nvccArchFlags()];

@@ -8,7 +8,8 @@
  * - Handle based: the library owns the weights (copied in by lethe_model_set_tensor) and the KV memory
  *   (lethe_kv, device memory on CUDA).
  * - Every int-returning function returns 0 on success and nonzero on error; pointer-returning functions
- *   return NULL on error. lethe_last_error() then describes the last error (thread-local, never NULL).
+ *   return NULL on error. lethe_last_error() then describes the last error (process-wide, since calls may run on
+ *   worker threads; never NULL).
  * - Matrices are row-major, outermost first: a linear layer `in -> out` is [out rows x in cols].
  * - A sequence's KV cache holds, per layer, rows of nKV*headDim floats for K (RoPE applied) and V, plus the
  *   original position of each row. Layers may hold different numbers of rows after compaction.

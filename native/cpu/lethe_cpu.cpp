@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -21,7 +22,10 @@ using namespace lethe;
 
 namespace {
 
-thread_local std::string g_error;
+// Process-wide last error: calls may run on a worker thread (Deno nonblocking FFI) and the error be read on
+// another. Written once per failing call; the reader copies it right away.
+std::mutex g_error_mu;
+char g_error[512] = "";
 
 int fail(const char* fmt, ...) {
   char buf[512];
@@ -29,7 +33,8 @@ int fail(const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  g_error = buf;
+  std::lock_guard<std::mutex> lock(g_error_mu);
+  memcpy(g_error, buf, sizeof buf);
   return 1;
 }
 
@@ -238,7 +243,7 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
 
 extern "C" {
 
-const char* lethe_last_error(void) { return g_error.c_str(); }
+const char* lethe_last_error(void) { return g_error; }
 
 int32_t lethe_device_count(void) { return 1; }
 

@@ -1,0 +1,506 @@
+/**
+ * The native backends: a library implementing native/lethe.h (C++ CPU or CUDA), loaded with Deno.dlopen.
+ *
+ * `openNativeBackend(config, weights, { lib: "cpu" })` loads native/build/liblethe_cpu.so (build it with
+ * `deno task build:native`); `{ lib: "cuda" }` loads liblethe_cuda.so; `{ path }` any library with the same
+ * ABI. The library owns the weights (copied in at open) and the KV memory (`NativeKV`).
+ *
+ * The dlopen'd library is never closed: with OpenMP worker threads alive, Deno crashes at exit if it is.
+ */
+import { fileURLToPath } from "node:url";
+import type { Backend, BackendName, StepInput, StepOutput } from "./backend.ts";
+import { HostKVCache, type KVShape, type SequenceKV } from "../kv/cache.ts";
+import { GGMLType, type ModelConfig, type ModelWeights, type Tensor } from "../model/types.ts";
+import { dequantize } from "../model/ggml.ts";
+
+const SYMBOLS = {
+  lethe_model_create: { parameters: ["buffer"], result: "pointer" },
+  lethe_model_set_tensor: {
+    parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64", "i64"],
+    result: "i32",
+  },
+  lethe_model_free: { parameters: ["pointer"], result: "void" },
+  lethe_kv_create: { parameters: ["pointer"], result: "pointer" },
+  lethe_kv_free: { parameters: ["pointer"], result: "void" },
+  lethe_kv_len: { parameters: ["pointer", "i32"], result: "i32" },
+  lethe_kv_compact: { parameters: ["pointer", "i32", "buffer", "i32"], result: "i32" },
+  lethe_kv_read: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer"], result: "i32" },
+  lethe_kv_write: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer", "i32"], result: "i32" },
+  lethe_kv_bytes: { parameters: ["pointer"], result: "i64" },
+  lethe_forward: {
+    parameters: [
+      "pointer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  /** The same function run on a worker thread (returns a Promise): used for steps that take a while. */
+  lethe_forward_async: {
+    name: "lethe_forward",
+    parameters: [
+      "pointer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  lethe_last_error: { parameters: [], result: "pointer" },
+  lethe_device_count: { parameters: [], result: "i32" },
+  lethe_backend_info: { parameters: [], result: "pointer" },
+  lethe_abi_version: { parameters: [], result: "i32", optional: true },
+} as const;
+
+type LetheLib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** Tensor kinds of lethe.h. */
+const KIND = {
+  tokEmbd: 0,
+  attnNorm: 1,
+  wq: 2,
+  wk: 3,
+  wv: 4,
+  wo: 5,
+  bq: 6,
+  bk: 7,
+  bv: 8,
+  ffnNorm: 9,
+  wGate: 10,
+  wUp: 11,
+  wDown: 12,
+  outNorm: 13,
+  output: 14,
+} as const;
+
+/** Weight types the libraries take as they are; others are dequantized to F32 first. */
+const NATIVE_TYPES = new Set<number>([
+  GGMLType.F32,
+  GGMLType.F16,
+  GGMLType.Q4_0,
+  GGMLType.Q8_0,
+  GGMLType.BF16,
+]);
+
+/** Multiply-adds per step above which forward runs on a worker thread (keeps the event loop responsive). */
+const ASYNC_WORK = 4e6;
+
+export type NativeLibKind = "cpu" | "cuda";
+
+export interface NativeOptions {
+  /** Which library of native/build to load (default "cpu"). */
+  lib?: NativeLibKind;
+  /** Explicit library path (overrides `lib` and LETHE_NATIVE_LIB). */
+  path?: string;
+  /** Max threads (CPU); 0 or absent = library default (all cores, used only for large kernels). */
+  threads?: number;
+  /** CUDA device ordinal. */
+  device?: number;
+}
+
+/** Where the library of `lib` is expected: env LETHE_NATIVE_LIB_DIR, else native/build of this repo. */
+export function nativeLibraryPath(lib: NativeLibKind): string {
+  const file = lib === "cuda" ? "liblethe_cuda.so" : "liblethe_cpu.so";
+  const dir = Deno.env.get("LETHE_NATIVE_LIB_DIR");
+  if (dir) return `${dir.replace(/\/$/, "")}/${file}`;
+  return fileURLToPath(new URL(`../../native/build/${file}`, import.meta.url));
+}
+
+const loaded = new Map<string, LetheLib>();
+
+/** dlopen once per path (never closed). Throws a one-line error when the file is missing or not loadable. */
+export function loadNativeLibrary(path: string): LetheLib {
+  const have = loaded.get(path);
+  if (have) return have;
+  try {
+    Deno.statSync(path);
+  } catch {
+    throw new Error(`native library not found: ${path} (run \`deno task build:native\`)`);
+  }
+  let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  try {
+    lib = Deno.dlopen(path, SYMBOLS);
+  } catch (e) {
+    throw new Error(`cannot load native library ${path}: ${(e as Error).message}`);
+  }
+  loaded.set(path, lib.symbols);
+  return lib.symbols;
+}
+
+function cstr(p: Deno.PointerValue): string {
+  return p === null ? "" : Deno.UnsafePointerView.getCString(p);
+}
+
+function lastError(lib: LetheLib): string {
+  return cstr(lib.lethe_last_error()) || "unknown error";
+}
+
+function check(lib: LetheLib, rc: number, what: string): void {
+  if (rc !== 0) throw new Error(`${what}: ${lastError(lib)}`);
+}
+
+/** The device count the library reports (CPU: 1), and its error text when it is < 1. */
+export function probeNativeLibrary(path: string): { devices: number; info: string; error?: string } {
+  const lib = loadNativeLibrary(path);
+  const devices = lib.lethe_device_count();
+  return { devices, info: cstr(lib.lethe_backend_info()), error: devices < 1 ? lastError(lib) : undefined };
+}
+
+function tensorRowsCols(t: Tensor): [number, number] {
+  if (t.shape.length === 1) return [1, t.shape[0]];
+  if (t.shape.length === 2) return [t.shape[0], t.shape[1]];
+  throw new Error(`tensor ${t.name}: expected 1 or 2 dims, got [${t.shape.join(", ")}]`);
+}
+
+/** The sequence cache of a native backend: K/V live in the library (host or device memory). */
+export class NativeKV implements SequenceKV {
+  readonly shape: KVShape;
+  nextPos = 0;
+  /** Mirror of the library's per-layer lengths (kept in step by every call that changes them). */
+  readonly lens: Int32Array;
+  #ptr: Deno.PointerValue;
+  readonly #lib: LetheLib;
+  readonly owner: NativeBackend;
+
+  constructor(owner: NativeBackend, lib: LetheLib, ptr: Deno.PointerValue, shape: KVShape) {
+    this.owner = owner;
+    this.#lib = lib;
+    this.#ptr = ptr;
+    this.shape = { ...shape };
+    this.lens = new Int32Array(shape.nLayers);
+  }
+
+  /** The lethe_kv handle (throws once freed). */
+  get ptr(): Deno.PointerObject {
+    if (this.#ptr === null) throw new Error("NativeKV used after free()");
+    return this.#ptr;
+  }
+
+  #layer(layer: number): number {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.nLayers) {
+      throw new RangeError(`layer ${layer} out of range [0, ${this.shape.nLayers})`);
+    }
+    return layer;
+  }
+
+  length(layer: number): number {
+    return this.lens[this.#layer(layer)];
+  }
+
+  positions(layer: number): Int32Array {
+    const pos = new Int32Array(this.lens[this.#layer(layer)]);
+    check(this.#lib, this.#lib.lethe_kv_read(this.ptr, layer, null, null, pos), "kv positions");
+    return pos;
+  }
+
+  compact(layer: number, keep: Int32Array): void {
+    this.#layer(layer);
+    check(this.#lib, this.#lib.lethe_kv_compact(this.ptr, layer, keep, keep.length), "kv compact");
+    this.lens[layer] = keep.length;
+  }
+
+  bytes(): number {
+    return Number(this.#lib.lethe_kv_bytes(this.ptr));
+  }
+
+  toHost(): HostKVCache {
+    let max = 1;
+    for (const n of this.lens) max = Math.max(max, n);
+    const host = new HostKVCache(this.shape, max);
+    for (let l = 0; l < this.shape.nLayers; l++) {
+      check(this.#lib, this.#lib.lethe_kv_read(this.ptr, l, host.k[l], host.v[l], host.pos[l]), "kv read");
+      host.len[l] = this.lens[l];
+    }
+    host.nextPos = this.nextPos;
+    return host;
+  }
+
+  loadFrom(host: HostKVCache): void {
+    const s = host.shape;
+    if (
+      s.nLayers !== this.shape.nLayers || s.nKVHeads !== this.shape.nKVHeads ||
+      s.headDim !== this.shape.headDim
+    ) {
+      throw new Error(
+        `KV shape mismatch: have ${JSON.stringify(this.shape)}, snapshot has ${JSON.stringify(s)}`,
+      );
+    }
+    const kvDim = s.nKVHeads * s.headDim;
+    for (let l = 0; l < s.nLayers; l++) {
+      const n = host.len[l];
+      if (host.k[l].length < n * kvDim || host.v[l].length < n * kvDim || host.pos[l].length < n) {
+        throw new Error(`KV snapshot layer ${l} holds fewer rows than its length ${n}`);
+      }
+      check(
+        this.#lib,
+        this.#lib.lethe_kv_write(this.ptr, l, host.k[l], host.v[l], host.pos[l], n),
+        "kv write",
+      );
+      this.lens[l] = n;
+    }
+    this.nextPos = host.nextPos;
+  }
+
+  free(): void {
+    if (this.#ptr === null) return;
+    this.#lib.lethe_kv_free(this.#ptr);
+    this.#ptr = null;
+    this.lens.fill(0);
+  }
+}
+
+/** A Backend over a lethe.h library. */
+export class NativeBackend implements Backend {
+  readonly name: BackendName;
+  readonly config: ModelConfig;
+  readonly description: string;
+  readonly libraryPath: string;
+  #lib: LetheLib;
+  #model: Deno.PointerValue;
+  /** Multiply-adds per token of the weight matmuls (to choose blocking vs worker-thread calls). */
+  readonly #workPerToken: number;
+  #busy: Promise<unknown> | null = null;
+  // Reused per-step argument buffers.
+  #i32 = new Int32Array(0);
+  #f32 = new Float32Array(0);
+  #ptrs = new BigUint64Array(0);
+
+  constructor(
+    name: BackendName,
+    config: ModelConfig,
+    lib: LetheLib,
+    model: Deno.PointerObject,
+    path: string,
+  ) {
+    this.name = name;
+    this.config = config;
+    this.#lib = lib;
+    this.#model = model;
+    this.libraryPath = path;
+    const c = config;
+    const qd = c.nHeads * c.headDim, kvd = c.nKVHeads * c.headDim;
+    this.#workPerToken = c.nLayers * (c.dim * (2 * qd + 2 * kvd) + 3 * c.dim * c.ffnDim) +
+      c.vocabSize * c.dim;
+    this.description = `${name}: ${cstr(lib.lethe_backend_info())} (${path})`;
+  }
+
+  get model(): Deno.PointerObject {
+    if (this.#model === null) throw new Error(`${this.name} backend used after dispose()`);
+    return this.#model;
+  }
+
+  createKV(): NativeKV {
+    const ptr = this.#lib.lethe_kv_create(this.model);
+    if (ptr === null) throw new Error(`kv create: ${lastError(this.#lib)}`);
+    return new NativeKV(this, this.#lib, ptr, {
+      nLayers: this.config.nLayers,
+      nKVHeads: this.config.nKVHeads,
+      headDim: this.config.headDim,
+    });
+  }
+
+  async forward(batch: StepInput[]): Promise<StepOutput[]> {
+    while (this.#busy) await this.#busy;
+    const c = this.config;
+    const n = batch.length;
+    if (n === 0) return [];
+    const L = c.nLayers, V = c.vocabSize;
+    let total = 0, nLogits = 0;
+    const kvs: NativeKV[] = new Array(n);
+    for (let s = 0; s < n; s++) {
+      const b = batch[s];
+      const kv = b.kv;
+      if (!(kv instanceof NativeKV) || kv.owner !== this) {
+        throw new Error(
+          `forward: sequence ${s} has a cache that does not belong to this ${this.name} backend`,
+        );
+      }
+      kvs[s] = kv;
+      if (b.tokens.length === 0) throw new Error(`forward: sequence ${s} has no tokens`);
+      total += b.tokens.length;
+      nLogits += b.logits === "all" ? b.tokens.length : b.logits === "last" ? 1 : 0;
+    }
+    // Int32 args: tokens | n_tokens | start_pos | logits_mode | score_window
+    const need = total + 4 * n;
+    if (this.#i32.length < need) this.#i32 = new Int32Array(Math.max(need, 2 * this.#i32.length));
+    const i32 = this.#i32;
+    const tokens = i32.subarray(0, total);
+    const nTok = i32.subarray(total, total + n);
+    const start = i32.subarray(total + n, total + 2 * n);
+    const mode = i32.subarray(total + 2 * n, total + 3 * n);
+    const window = i32.subarray(total + 3 * n, total + 4 * n);
+    if (this.#f32.length < n) this.#f32 = new Float32Array(Math.max(n, 2 * this.#f32.length));
+    const decay = this.#f32.subarray(0, n);
+    if (this.#ptrs.length < n + n * L) {
+      this.#ptrs = new BigUint64Array(Math.max(n + n * L, 2 * this.#ptrs.length));
+    }
+    const kvPtrs = this.#ptrs.subarray(0, n);
+    let scorePtrs: BigUint64Array | null = null;
+    const scores: (Float32Array[] | undefined)[] = new Array(n);
+    let o = 0;
+    for (let s = 0; s < n; s++) {
+      const b = batch[s];
+      const kv = kvs[s];
+      const T = b.tokens.length;
+      for (let t = 0; t < T; t++) tokens[o++] = b.tokens[t];
+      nTok[s] = T;
+      start[s] = kv.nextPos;
+      mode[s] = b.logits === "all" ? 2 : b.logits === "last" ? 1 : 0;
+      kvPtrs[s] = BigInt(Deno.UnsafePointer.value(kv.ptr));
+      const sr = b.scores;
+      if (sr && sr.window > 0) {
+        if (!(sr.decay >= 0) || !Number.isFinite(sr.decay)) {
+          throw new Error(`forward: bad score decay ${sr.decay}`);
+        }
+        scorePtrs ??= this.#ptrs.subarray(n, n + n * L).fill(0n);
+        decay[s] = sr.decay;
+        window[s] = Math.min(sr.window, 0x7fffffff);
+        const per: Float32Array[] = [];
+        for (let l = 0; l < L; l++) {
+          const a = new Float32Array(kv.lens[l] + T);
+          per.push(a);
+          scorePtrs[s * L + l] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a)));
+        }
+        scores[s] = per;
+      } else {
+        decay[s] = 0;
+        window[s] = 0;
+      }
+    }
+    const logits = new Float32Array(nLogits * V);
+    const args = [
+      this.model,
+      n,
+      kvPtrs,
+      tokens,
+      nTok,
+      start,
+      mode,
+      nLogits > 0 ? logits : null,
+      scorePtrs ? decay : null,
+      scorePtrs ? window : null,
+      scorePtrs,
+    ] as const;
+    let rc: number;
+    if (total * this.#workPerToken >= ASYNC_WORK) {
+      const p = this.#lib.lethe_forward_async(...args);
+      this.#busy = p;
+      try {
+        rc = await p;
+      } finally {
+        this.#busy = null;
+      }
+    } else {
+      rc = this.#lib.lethe_forward(...args);
+    }
+    if (rc !== 0) throw new Error(`${this.name} forward: ${lastError(this.#lib)}`);
+    const out: StepOutput[] = new Array(n);
+    let lo = 0;
+    for (let s = 0; s < n; s++) {
+      const b = batch[s];
+      const kv = kvs[s];
+      const T = b.tokens.length;
+      for (let l = 0; l < L; l++) kv.lens[l] += T;
+      kv.nextPos += T;
+      const rows = b.logits === "all" ? T : b.logits === "last" ? 1 : 0;
+      const lg = logits.subarray(lo * V, (lo + rows) * V);
+      lo += rows;
+      out[s] = scores[s] ? { logits: lg, scores: scores[s] } : { logits: lg };
+    }
+    return out;
+  }
+
+  dispose(): void {
+    if (this.#model === null) return;
+    this.#lib.lethe_model_free(this.#model);
+    this.#model = null;
+  }
+}
+
+/** Copies the model's weights into a lethe.h library and returns the backend. */
+export function openNativeBackend(
+  config: ModelConfig,
+  weights: ModelWeights,
+  opts: NativeOptions = {},
+): NativeBackend {
+  const kind = opts.lib ?? "cpu";
+  const path = opts.path ?? Deno.env.get("LETHE_NATIVE_LIB") ?? nativeLibraryPath(kind);
+  const lib = loadNativeLibrary(path);
+  const devices = lib.lethe_device_count();
+  if (devices < 1) {
+    throw new Error(`${kind} backend unavailable: no device (${lastError(lib)})`);
+  }
+  const c = config;
+  if (c.headDim % 2 !== 0) throw new Error(`native backend: headDim ${c.headDim} must be even`);
+  const cfg = new ArrayBuffer(52);
+  const dv = new DataView(cfg);
+  const ints = [c.dim, c.nLayers, c.nHeads, c.nKVHeads, c.headDim, c.ffnDim, c.vocabSize];
+  ints.forEach((v, i) => dv.setInt32(i * 4, v, true));
+  dv.setFloat32(28, c.normEps, true);
+  dv.setFloat32(32, c.ropeTheta, true);
+  dv.setInt32(36, c.ropeStyle === "half" ? 1 : 0, true);
+  dv.setInt32(40, opts.threads ?? 0, true);
+  dv.setInt32(44, opts.device ?? 0, true);
+  dv.setInt32(48, 0, true);
+  const model = lib.lethe_model_create(new Uint8Array(cfg));
+  if (model === null) throw new Error(`${kind} model create: ${lastError(lib)}`);
+  try {
+    const set = (kind: number, layer: number, t: Tensor | undefined) => {
+      if (!t) return;
+      const [rows, cols] = tensorRowsCols(t);
+      let type: number = t.type, data = t.data;
+      if (!NATIVE_TYPES.has(type)) {
+        const f = dequantize(t.type, t.data, rows * cols);
+        type = GGMLType.F32;
+        data = new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+      }
+      check(
+        lib,
+        lib.lethe_model_set_tensor(model, kind, layer, type, data, BigInt(rows), BigInt(cols)),
+        `tensor ${t.name}`,
+      );
+    };
+    set(KIND.tokEmbd, 0, weights.tokenEmbd);
+    set(KIND.outNorm, 0, weights.outputNorm);
+    const tied = weights.output === weights.tokenEmbd ||
+      (weights.output.data === weights.tokenEmbd.data && weights.output.type === weights.tokenEmbd.type);
+    if (!tied) set(KIND.output, 0, weights.output);
+    if (weights.layers.length !== c.nLayers) {
+      throw new Error(`model has ${weights.layers.length} layers, config says ${c.nLayers}`);
+    }
+    weights.layers.forEach((L, l) => {
+      set(KIND.attnNorm, l, L.attnNorm);
+      set(KIND.wq, l, L.wq);
+      set(KIND.wk, l, L.wk);
+      set(KIND.wv, l, L.wv);
+      set(KIND.wo, l, L.wo);
+      set(KIND.bq, l, L.bq);
+      set(KIND.bk, l, L.bk);
+      set(KIND.bv, l, L.bv);
+      set(KIND.ffnNorm, l, L.ffnNorm);
+      set(KIND.wGate, l, L.wGate);
+      set(KIND.wUp, l, L.wUp);
+      set(KIND.wDown, l, L.wDown);
+    });
+  } catch (e) {
+    lib.lethe_model_free(model);
+    throw e;
+  }
+  return new NativeBackend(kind === "cuda" ? "cuda" : "native", config, lib, model, path);
+}
