@@ -266,3 +266,45 @@ export async function readSafetensorsCheckpoint(dir: string): Promise<Safetensor
   }
   return { tensors, metadata };
 }
+
+/** A tensor to write: dtype name, row-major shape and its raw little-endian bytes. */
+export interface SafetensorsEntry {
+  name: string;
+  dtype: "F32" | "F16" | "BF16";
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** Serializes tensors to safetensors bytes (header padded with spaces to a multiple of 8, tensors in order). */
+export function encodeSafetensors(
+  entries: SafetensorsEntry[],
+  metadata?: Record<string, string>,
+): Uint8Array {
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let off = 0;
+  for (const e of entries) {
+    const numel = e.shape.reduce((a, b) => a * b, 1);
+    if (numel * DTYPES[e.dtype].size !== e.data.length) {
+      throw new RangeError(`tensor ${e.name}: ${e.data.length} bytes for shape [${e.shape}] ${e.dtype}`);
+    }
+    header[e.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [off, off + e.data.length] };
+    off += e.data.length;
+  }
+  let json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length) {
+    const p = new Uint8Array(padded).fill(0x20);
+    p.set(json);
+    json = p;
+  }
+  const out = new Uint8Array(8 + json.length + off);
+  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+  out.set(json, 8);
+  let pos = 8 + json.length;
+  for (const e of entries) {
+    out.set(e.data, pos);
+    pos += e.data.length;
+  }
+  return out;
+}
