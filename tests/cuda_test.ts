@@ -1,0 +1,435 @@
+/**
+ * The CUDA backend (native/cuda via lethe.h).
+ *
+ * Everywhere nvcc exists: the library compiles, loads with Deno.dlopen and, without a device or driver,
+ * fails cleanly ("no CUDA device: …") from lethe_device_count, lethe_model_create and openCudaBackend.
+ * Where a device exists (device count > 0) the GPU tests run instead: logits and attention scores agree with
+ * the TypeScript reference on stories260K over a prefill and 64 decode steps, greedy output equals the golden
+ * text, quantized weight types agree, batching and KV compaction / export / import behave like the reference.
+ * Without a device those are ignored, and the reason is printed.
+ *
+ * Tolerance as for the CPU library: logits max |cuda − ts| ≤ 1e-4 · max(1, max |ts logit|); scores ≤ 1e-4 ·
+ * nHeads absolute.
+ */
+import assert from "node:assert/strict";
+import { resolve } from "node:path";
+import { buildNative, CUDA_LIB } from "../native/build.ts";
+import { type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
+import { createTsBackend } from "../src/engine/ts/backend.ts";
+import type { Backend, StepInput, StepOutput } from "../src/engine/backend.ts";
+import { runSequence, Sequence } from "../src/engine/sequence.ts";
+import { GREEDY } from "../src/engine/sampler.ts";
+import { createPolicy } from "../src/kv/policy.ts";
+import { loadModel, REPO_ROOT, SHARED_MODELS } from "../src/model/loader.ts";
+import {
+  GGMLType,
+  type LayerWeights,
+  type ModelConfig,
+  type ModelWeights,
+  type Tensor,
+} from "../src/model/types.ts";
+import { quantize, quantizeQ4_0, quantizeQ8_0 } from "../src/model/ggml.ts";
+
+async function hasNvcc(): Promise<boolean> {
+  try {
+    return (await new Deno.Command("nvcc", { args: ["--version"], stdout: "null", stderr: "null" }).output())
+      .success;
+  } catch {
+    return false;
+  }
+}
+
+const NVCC = await hasNvcc();
+const built = NVCC ? (await buildNative()).find((r) => r.lib === "cuda") : undefined;
+const libBuilt = built?.status === "built" || built?.status === "up-to-date";
+
+let probe: CudaProbe | undefined;
+let probeError = "";
+if (libBuilt) {
+  try {
+    probe = probeCuda(CUDA_LIB);
+  } catch (e) {
+    probeError = (e as Error).message;
+  }
+}
+const DEVICES = probe?.devices ?? -1;
+const noGpu = DEVICES < 1;
+if (!NVCC) {
+  console.log("cuda: nvcc not found; the CUDA library is not built here (build and GPU tests ignored)");
+} else if (!libBuilt) console.log(`cuda: build did not succeed: ${built?.message}`);
+if (noGpu) {
+  console.log(
+    `cuda: GPU tests ignored: ${
+      probe?.error ?? (probeError || "library not built")
+    } (device count ${DEVICES})`,
+  );
+} else {
+  console.log(`cuda: running GPU tests on ${probe!.info}`);
+}
+
+const STORIES = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
+const GOLDEN = resolve(REPO_ROOT, "..", "shared", "golden", "stories260K_greedy.json");
+
+/** A minimal raw binding, independent of src/engine/native.ts. */
+const RAW_SYMBOLS = {
+  lethe_device_count: { parameters: [], result: "i32" },
+  lethe_last_error: { parameters: [], result: "pointer" },
+  lethe_backend_info: { parameters: [], result: "pointer" },
+  lethe_abi_version: { parameters: [], result: "i32" },
+  lethe_model_create: { parameters: ["buffer"], result: "pointer" },
+  lethe_model_free: { parameters: ["pointer"], result: "void" },
+} as const;
+
+function cstr(p: Deno.PointerValue): string {
+  return p === null ? "" : Deno.UnsafePointerView.getCString(p);
+}
+
+/** lethe_config bytes (lethe.h: 13 × 4 bytes). */
+function configBytes(c: Partial<Record<string, number>> = {}): Uint8Array {
+  const b = new ArrayBuffer(52);
+  const dv = new DataView(b);
+  const ints = [
+    c.dim ?? 64,
+    c.nLayers ?? 2,
+    c.nHeads ?? 4,
+    c.nKVHeads ?? 2,
+    c.headDim ?? 16,
+    c.ffnDim ?? 96,
+    c.vocab ?? 32,
+  ];
+  ints.forEach((v, i) => dv.setInt32(i * 4, v, true));
+  dv.setFloat32(28, 1e-5, true);
+  dv.setFloat32(32, 10000, true);
+  dv.setInt32(36, 0, true);
+  dv.setInt32(40, 0, true);
+  dv.setInt32(44, c.device ?? 0, true);
+  dv.setInt32(48, 0, true);
+  return new Uint8Array(b);
+}
+
+Deno.test({
+  name: "cuda: liblethe_cuda.so compiles with nvcc and loads with Deno.dlopen",
+  ignore: !NVCC,
+  fn() {
+    assert.ok(libBuilt, `CUDA build failed: ${built?.message}`);
+    assert.ok(Deno.statSync(CUDA_LIB).isFile, `${CUDA_LIB} missing`);
+    const lib = Deno.dlopen(CUDA_LIB, RAW_SYMBOLS);
+    assert.equal(lib.symbols.lethe_abi_version(), 1);
+    assert.match(cstr(lib.symbols.lethe_backend_info()), /^cuda/);
+  },
+});
+
+Deno.test({
+  name: "cuda: without a device, device count is -1 and model create / openCudaBackend fail cleanly",
+  ignore: !libBuilt || !noGpu,
+  async fn() {
+    const lib = Deno.dlopen(CUDA_LIB, RAW_SYMBOLS).symbols;
+    assert.equal(lib.lethe_device_count(), -1);
+    const err = cstr(lib.lethe_last_error());
+    assert.match(err, /^no CUDA device: \S/, err);
+    assert.match(cstr(lib.lethe_backend_info()), /^cuda \(no CUDA device: /);
+
+    // A valid config fails on the missing device: NULL + the same kind of message.
+    assert.equal(lib.lethe_model_create(configBytes()), null);
+    assert.match(cstr(lib.lethe_last_error()), /^no CUDA device: \S/);
+    // A bad config is rejected first, with a message naming the problem.
+    assert.equal(lib.lethe_model_create(configBytes({ nHeads: 3, nKVHeads: 2 })), null);
+    assert.match(cstr(lib.lethe_last_error()), /n_heads 3 is not a multiple of n_kv_heads 2/);
+    assert.equal(lib.lethe_model_create(configBytes({ headDim: 15 })), null);
+    assert.match(cstr(lib.lethe_last_error()), /head_dim 15 must be even/);
+    assert.equal(lib.lethe_model_create(configBytes({ dim: -1 })), null);
+    assert.match(cstr(lib.lethe_last_error()), /dimensions out of range/);
+    assert.equal(lib.lethe_model_create(null), null);
+    assert.match(cstr(lib.lethe_last_error()), /cfg is NULL/);
+
+    assert.equal(probe?.devices, -1);
+    assert.match(probe?.error ?? "", /^no CUDA device: \S/);
+    const model = await loadModel(STORIES);
+    await assert.rejects(
+      () => openCudaBackend(model.config, model.weights, { path: CUDA_LIB }),
+      (e: Error) => e instanceof Error && /^no CUDA device: \S/.test(e.message),
+    );
+    // A missing library is a clear error too (not a crash).
+    await assert.rejects(
+      () => openCudaBackend(model.config, model.weights, { path: "/nonexistent/liblethe_cuda.so" }),
+      /cuda backend unavailable: native library not found/,
+    );
+  },
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// GPU tests (device count > 0)
+
+function maxAbs(a: Float32Array): number {
+  let m = 0;
+  for (const x of a) m = Math.max(m, Math.abs(x));
+  return m;
+}
+
+function assertClose(got: Float32Array, want: Float32Array, tol: number, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  let worst = 0, at = -1;
+  for (let i = 0; i < got.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
+  }
+  assert.ok(
+    worst <= tol,
+    `${what}: max abs diff ${worst} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}`,
+  );
+}
+
+function assertStep(got: StepOutput, want: StepOutput, nHeads: number, what: string): void {
+  assertClose(got.logits, want.logits, 1e-4 * Math.max(1, maxAbs(want.logits)), `${what} logits`);
+  assert.equal(got.scores?.length, want.scores?.length, `${what}: score layers`);
+  want.scores?.forEach((s, l) => assertClose(got.scores![l], s, 1e-4 * nHeads, `${what} scores layer ${l}`));
+}
+
+function argmax(a: Float32Array): number {
+  let b = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
+  return b;
+}
+
+/** Prefill `prompt` in one call, then greedy-decode `steps` tokens; logits and scores compared every step. */
+async function compareDecode(gpu: Backend, ts: Backend, prompt: number[], steps: number): Promise<void> {
+  const kg = gpu.createKV(), kt = ts.createKV();
+  const scores = { decay: 0.95, window: 1 << 30 };
+  let tokens = prompt;
+  for (let step = 0; step <= steps; step++) {
+    const logits = step === 0 ? "all" : "last";
+    const [og] = await gpu.forward([{ kv: kg, tokens, logits, scores }]);
+    const [ot] = await ts.forward([{ kv: kt, tokens, logits, scores }]);
+    assertStep(og, ot, gpu.config.nHeads, `step ${step}`);
+    for (let l = 0; l < gpu.config.nLayers; l++) {
+      assert.equal(kg.length(l), kt.length(l));
+      assert.deepEqual(kg.positions(l), kt.positions(l));
+    }
+    assert.equal(kg.nextPos, kt.nextPos);
+    tokens = [argmax(ot.logits.subarray(ot.logits.length - gpu.config.vocabSize))];
+  }
+  kg.free();
+}
+
+Deno.test({
+  name:
+    "cuda (GPU): stories260K logits and scores agree with the ts reference over prefill + 64 decode steps",
+  ignore: noGpu,
+  async fn() {
+    const model = await loadModel(STORIES);
+    const gpu = await openCudaBackend(model.config, model.weights);
+    try {
+      const ts = createTsBackend(model.config, model.weights);
+      await compareDecode(gpu, ts, model.tokenizer.encode("Once upon a time", { addBos: true }), 64);
+    } finally {
+      gpu.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "cuda (GPU): greedy decode of stories260K equals the golden text",
+  ignore: noGpu,
+  async fn() {
+    const golden = JSON.parse(await Deno.readTextFile(GOLDEN)) as {
+      cases: { prompt: string; steps: number; text: string }[];
+    };
+    const model = await loadModel(STORIES);
+    const gpu = await openCudaBackend(model.config, model.weights);
+    try {
+      for (const c of golden.cases) {
+        const prompt = model.tokenizer.encode(c.prompt, { addBos: true });
+        const seq = new Sequence(gpu, model.tokenizer, {
+          maxTokens: c.steps + 1 - prompt.length,
+          stop: [],
+          sampling: GREEDY,
+          policy: createPolicy({ name: "full" }, { nLayers: model.config.nLayers, contextLength: 512 }),
+        });
+        seq.feed(prompt);
+        seq.start();
+        let text = model.tokenizer.decode(prompt);
+        for await (const ev of runSequence(gpu, seq)) text += ev.text;
+        assert.equal(text, c.text);
+      }
+    } finally {
+      gpu.dispose();
+    }
+  },
+});
+
+// ---------- synthetic models: every weight type, both RoPE styles, biases ----------
+
+class Rng {
+  s: number;
+  constructor(seed: number) {
+    this.s = seed >>> 0 || 1;
+  }
+  next(): number {
+    let x = this.s;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.s = x >>> 0;
+    return this.s / 0x100000000;
+  }
+  normal(): number {
+    return Math.sqrt(-2 * Math.log(this.next() + 1e-12)) * Math.cos(2 * Math.PI * this.next());
+  }
+}
+
+function synthModel(
+  rope: "interleaved" | "half",
+  bias: boolean,
+  type: GGMLType,
+  seed: number,
+): { config: ModelConfig; weights: ModelWeights } {
+  const config: ModelConfig = {
+    arch: "llama",
+    dim: 64,
+    nLayers: 3,
+    nHeads: 4,
+    nKVHeads: 2,
+    headDim: 16,
+    ffnDim: 96,
+    vocabSize: 96,
+    contextLength: 256,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+    ropeStyle: rope,
+    bosId: 1,
+    eosId: 2,
+  };
+  const rng = new Rng(seed);
+  const vec = (name: string, n: number, scale: number, offset = 0): Tensor => {
+    const x = new Float32Array(n);
+    for (let i = 0; i < n; i++) x[i] = offset + scale * rng.normal();
+    return { name, type: GGMLType.F32, shape: [n], data: new Uint8Array(x.buffer) };
+  };
+  const mat = (name: string, rows: number, cols: number, scale: number): Tensor => {
+    const x = new Float32Array(rows * cols);
+    for (let i = 0; i < x.length; i++) x[i] = scale * rng.normal();
+    const data = type === GGMLType.F32
+      ? new Uint8Array(x.buffer)
+      : type === GGMLType.Q8_0
+      ? quantizeQ8_0(x)
+      : type === GGMLType.Q4_0
+      ? quantizeQ4_0(x)
+      : quantize(type, x);
+    return { name, type, shape: [rows, cols], data };
+  };
+  const { dim, nHeads, nKVHeads, headDim, ffnDim, vocabSize } = config;
+  const qd = nHeads * headDim, kvd = nKVHeads * headDim, s = 1 / Math.sqrt(dim);
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < config.nLayers; l++) {
+    layers.push({
+      attnNorm: vec(`l${l}.attn_norm`, dim, 0.1, 1),
+      wq: mat(`l${l}.wq`, qd, dim, 3 * s),
+      wk: mat(`l${l}.wk`, kvd, dim, 3 * s),
+      wv: mat(`l${l}.wv`, kvd, dim, s),
+      wo: mat(`l${l}.wo`, dim, qd, s),
+      bq: bias ? vec(`l${l}.bq`, qd, 0.5) : undefined,
+      bk: bias ? vec(`l${l}.bk`, kvd, 0.5) : undefined,
+      bv: bias ? vec(`l${l}.bv`, kvd, 0.5) : undefined,
+      ffnNorm: vec(`l${l}.ffn_norm`, dim, 0.1, 1),
+      wGate: mat(`l${l}.w_gate`, ffnDim, dim, s),
+      wUp: mat(`l${l}.w_up`, ffnDim, dim, s),
+      wDown: mat(`l${l}.w_down`, dim, ffnDim, 1 / Math.sqrt(ffnDim)),
+    });
+  }
+  const tokenEmbd = mat("tok_embd", vocabSize, dim, 1);
+  const output = bias ? mat("output", vocabSize, dim, s) : tokenEmbd; // tied and untied both covered
+  return { config, weights: { tokenEmbd, layers, outputNorm: vec("out_norm", dim, 0.1, 1), output } };
+}
+
+Deno.test({
+  name: "cuda (GPU): F32/F16/BF16/Q8_0/Q4_0 weights, both RoPE styles, biases agree with ts",
+  ignore: noGpu,
+  async fn() {
+    const types = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0];
+    for (const [i, type] of types.entries()) {
+      for (const rope of ["interleaved", "half"] as const) {
+        const { config, weights } = synthModel(rope, rope === "half", type, 10 + i);
+        const gpu = await openCudaBackend(config, weights);
+        try {
+          const rng = new Rng(99 + i);
+          const prompt = Array.from({ length: 13 }, () => Math.floor(rng.next() * config.vocabSize));
+          await compareDecode(gpu, createTsBackend(config, weights), prompt, 6);
+        } catch (e) {
+          throw new Error(`type ${GGMLType[type]} rope ${rope}: ${(e as Error).message}`);
+        } finally {
+          gpu.dispose();
+        }
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "cuda (GPU): a batch equals each sequence alone; compaction, export and import match the reference",
+  ignore: noGpu,
+  async fn() {
+    const model = await loadModel(STORIES);
+    const { config } = model;
+    const gpu = await openCudaBackend(config, model.weights);
+    const ts = createTsBackend(config, model.weights);
+    try {
+      const a = model.tokenizer.encode("Tom had a red ball. He", { addBos: true });
+      const b = model.tokenizer.encode("The cat", { addBos: true });
+      const scores = { decay: 0.9, window: 4 };
+      // Batched (with different lengths and logits modes) vs alone.
+      const kA = gpu.createKV(), kB = gpu.createKV();
+      const [oa, ob] = await gpu.forward([
+        { kv: kA, tokens: a, logits: "all", scores },
+        { kv: kB, tokens: b, logits: "last", scores },
+      ]);
+      const [ta] = await ts.forward([{ kv: ts.createKV(), tokens: a, logits: "all", scores }]);
+      const kT = ts.createKV();
+      const [tb] = await ts.forward([{ kv: kT, tokens: b, logits: "last", scores }]);
+      assertStep(oa, ta, config.nHeads, "batch seq A");
+      assertStep(ob, tb, config.nHeads, "batch seq B");
+
+      // Compact every layer differently, on both backends, then keep decoding.
+      for (let l = 0; l < config.nLayers; l++) {
+        const n = kB.length(l);
+        const keep = Int32Array.from({ length: n }, (_, j) => j).filter((j) => j === 0 || (j + l) % 2 === 1);
+        kB.compact(l, keep);
+        kT.compact(l, keep);
+        assert.equal(kB.length(l), keep.length);
+        assert.deepEqual(kB.positions(l), kT.positions(l));
+      }
+      let tok = [argmax(tb.logits)];
+      for (let step = 0; step < 5; step++) {
+        const [og] = await gpu.forward([{ kv: kB, tokens: tok, logits: "last", scores }]);
+        const [ot] = await ts.forward([{ kv: kT, tokens: tok, logits: "last", scores }]);
+        assertStep(og, ot, config.nHeads, `after compaction step ${step}`);
+        tok = [argmax(ot.logits)];
+      }
+      // Export matches the reference cache; import into a fresh cache reproduces the next step.
+      const host = kB.toHost();
+      const ref = kT.toHost();
+      assert.equal(host.nextPos, ref.nextPos);
+      for (let l = 0; l < config.nLayers; l++) {
+        const n = ref.length(l), d = ref.kvDim;
+        assert.equal(host.length(l), n);
+        assert.deepEqual(host.positions(l), ref.positions(l));
+        assertClose(host.k[l].subarray(0, n * d), ref.k[l].subarray(0, n * d), 1e-4, `K layer ${l}`);
+        assertClose(host.v[l].subarray(0, n * d), ref.v[l].subarray(0, n * d), 1e-4, `V layer ${l}`);
+      }
+      const kC = gpu.createKV();
+      kC.loadFrom(host);
+      const input: StepInput = { kv: kB, tokens: tok, logits: "last", scores };
+      const [fromB] = await gpu.forward([input]);
+      const [fromC] = await gpu.forward([{ ...input, kv: kC }]);
+      assert.deepEqual(fromC.logits, fromB.logits);
+      assert.deepEqual(fromC.scores, fromB.scores);
+      kA.free();
+      kB.free();
+      kC.free();
+    } finally {
+      gpu.dispose();
+    }
+  },
+});
