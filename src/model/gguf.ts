@@ -180,7 +180,10 @@ class Reader {
     const at = this.pos;
     const v = this.u64(what);
     if (v > BigInt(max)) {
-      this.fail(`${what} ${v} is impossible (at most ${max} fit in the remaining bytes)`, at);
+      this.fail(
+        `${what} ${v} is impossible (at most ${max} fit in the remaining bytes: truncated or corrupt)`,
+        at,
+      );
     }
     return Number(v);
   }
@@ -256,10 +259,16 @@ export function parseGGUF(bytes: Uint8Array): GGUFFile {
   const kvCountAt = r.pos;
   const kvCount = r.u64("metadata kv count");
   if (kvCount > BigInt(Math.floor(r.remaining / 13))) {
-    r.fail(`metadata kv count ${kvCount} is impossible for ${r.remaining} remaining bytes`, kvCountAt);
+    r.fail(
+      `metadata kv count ${kvCount} is impossible for ${r.remaining} remaining bytes (truncated or corrupt)`,
+      kvCountAt,
+    );
   }
   if (tensorCount > BigInt(Math.floor(r.remaining / 32))) {
-    r.fail(`tensor count ${tensorCount} is impossible for ${r.remaining} remaining bytes`, tensorCountAt);
+    r.fail(
+      `tensor count ${tensorCount} is impossible for ${r.remaining} remaining bytes (truncated or corrupt)`,
+      tensorCountAt,
+    );
   }
 
   const metadata: Record<string, GGUFKV> = Object.create(null);
