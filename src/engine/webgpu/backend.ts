@@ -26,6 +26,10 @@ export interface WebGPUBackendOptions {
   f16?: boolean;
   /** Mirror each KV cache on the host so `toHost()` is synchronous (default true). */
   hostMirror?: boolean;
+  /** Split weight matrices into row chunks of at most this many bytes (default: the device limit). */
+  maxWeightBinding?: number;
+  /** Bytes of attention-probability scratch per dispatch chunk (default 64 MiB; prefill is chunked to fit). */
+  attScratchBytes?: number;
 }
 
 interface LayerBuffers {
@@ -38,7 +42,7 @@ interface LayerBuffers {
   down: GpuMatrix;
 }
 
-/** Max bytes of attention-probability scratch per dispatch chunk. */
+/** Default bytes of attention-probability scratch per dispatch chunk. */
 const ATT_SCRATCH_CAP = 64 << 20;
 
 /** Whether WebGPU is usable here; returns the reason when it is not. */
@@ -99,7 +103,7 @@ export async function openWebGPUBackend(
     weights,
     kernels,
     `${name}${f16 ? ", shader-f16" : ""}`,
-    opts.hostMirror ?? true,
+    opts,
   );
 }
 
@@ -197,24 +201,29 @@ export class WebGPUBackend implements Backend {
   private chain: Promise<unknown> = Promise.resolve();
   private disposed = false;
   private lost: string | null = null;
+  private readonly attScratch: number;
 
   constructor(
     config: ModelConfig,
     weights: ModelWeights,
     kernels: GpuKernels,
     adapterName: string,
-    hostMirror: boolean,
+    opts: WebGPUBackendOptions = {},
   ) {
     checkConfig(config, weights);
     this.config = { ...config };
     this.kernels = kernels;
     this.device = kernels.device;
-    this.hostMirror = hostMirror;
+    this.hostMirror = opts.hostMirror ?? true;
+    this.attScratch = Math.max(64, Math.min(opts.attScratchBytes ?? ATT_SCRATCH_CAP, kernels.maxBinding));
     const d = this.device;
     d.lost.then((info) => {
       this.lost = `webgpu: device lost: ${info.message || info.reason}`;
     });
-    const up = { f16: kernels.f16, maxBinding: kernels.maxBinding };
+    const up = {
+      f16: kernels.f16,
+      maxBinding: Math.min(kernels.maxBinding, opts.maxWeightBinding ?? Infinity),
+    };
     this.embd = uploadMatrix(d, "token_embd", [weights.tokenEmbd], up);
     this.output = weights.output === weights.tokenEmbd
       ? this.embd
@@ -387,7 +396,7 @@ export class WebGPUBackend implements Backend {
     const logits = sb.logits.get(Math.max(1, M) * c.vocabSize * 4);
     const scores = sb.scores.get(Math.max(1, S) * 4);
     // attention scratch: query chunks sized so tq × nH × L fits
-    const attCap = Math.min(ATT_SCRATCH_CAP, k.maxBinding) / 4;
+    const attCap = Math.floor(this.attScratch / 4);
     let attNeed = 1;
     const chunkOf = (L: number) => Math.max(1, Math.floor(attCap / (nH * L)));
     for (const p of plans) {
