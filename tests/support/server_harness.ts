@@ -1,0 +1,152 @@
+/** Test harness: real servers on loopback port 0 (in-process), a shared model/backend, a reference decoder. */
+// deno-lint-ignore-file no-explicit-any
+import { type LoadedModel, loadModel } from "../../src/model/loader.ts";
+import { openBackend } from "../../src/engine/select.ts";
+import type { Backend } from "../../src/engine/backend.ts";
+import { runSequence, Sequence } from "../../src/engine/sequence.ts";
+import { GREEDY } from "../../src/engine/sampler.ts";
+import { createPolicy, type PolicySpec } from "../../src/kv/policy.ts";
+import { buildConfig, REPO_ROOT, type ServerConfig } from "../../src/server/config.ts";
+import { type RunningServer, startServer } from "../../src/server/server.ts";
+import { createLogger } from "../../src/server/logger.ts";
+import { resolve } from "node:path";
+
+export const MODEL_PATH = Deno.env.get("LETHE_MODEL") ??
+  resolve(REPO_ROOT, "../shared/models/stories260K.gguf");
+export const PREFILL_CHUNK = 256;
+
+let shared: Promise<{ model: LoadedModel; backend: Backend; reason: string }> | null = null;
+
+export function sharedModel(): Promise<{ model: LoadedModel; backend: Backend; reason: string }> {
+  shared ??= (async () => {
+    const model = await loadModel(MODEL_PATH);
+    const { backend, reason } = await openBackend(model, "ts");
+    return { model, backend, reason };
+  })();
+  return shared;
+}
+
+export async function start(over: Partial<Record<keyof ServerConfig, unknown>> = {}): Promise<RunningServer> {
+  const { model, backend, reason } = await sharedModel();
+  const cfg = buildConfig({
+    model: MODEL_PATH,
+    backend: "ts",
+    port: 0,
+    host: "127.0.0.1",
+    store: "memory:",
+    logLevel: "silent",
+    prefillPerStep: PREFILL_CHUNK,
+    ...over,
+  });
+  return await startServer(cfg, {
+    model,
+    backend: { backend, reason },
+    logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
+  });
+}
+
+/**
+ * What one uninterrupted sequence produces for the given turns (greedy): turn i feeds encode(turns[i]) (BOS on
+ * the first) after everything before it, in one live cache with one policy instance.
+ */
+export async function referenceTurns(
+  policy: PolicySpec,
+  turns: string[],
+  maxTokens: number,
+): Promise<string[]> {
+  const { model, backend } = await sharedModel();
+  const tok = model.tokenizer;
+  const pol = createPolicy(policy, {
+    nLayers: model.config.nLayers,
+    contextLength: model.config.contextLength,
+  });
+  let prev: Sequence | null = null;
+  const out: string[] = [];
+  for (let i = 0; i < turns.length; i++) {
+    const seq: Sequence = new Sequence(
+      backend,
+      tok,
+      { maxTokens, stop: [], sampling: GREEDY, policy: pol, prefillChunk: PREFILL_CHUNK },
+      prev ? { kv: prev.kv, tokens: prev.tokens } : undefined,
+    );
+    seq.feed(tok.encode(turns[i], { addBos: i === 0 }));
+    seq.start();
+    let text = "";
+    for await (const ev of runSequence(backend, seq)) text += ev.text;
+    out.push(text);
+    prev = seq;
+  }
+  prev?.kv.free();
+  return out;
+}
+
+export async function post(base: string, path: string, body: unknown, headers: Record<string, string> = {}) {
+  const res = await fetch(base + path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json: unknown = null;
+  try {
+    json = JSON.parse(text);
+  } catch { /* SSE or empty */ }
+  return { status: res.status, headers: res.headers, json: json as Record<string, any>, text };
+}
+
+export async function get(base: string, path: string, headers: Record<string, string> = {}, method = "GET") {
+  const res = await fetch(base + path, { method, headers });
+  const text = await res.text();
+  let json: unknown = null;
+  try {
+    json = JSON.parse(text);
+  } catch { /* text */ }
+  return { status: res.status, headers: res.headers, json: json as Record<string, any>, text };
+}
+
+/** A free loopback TCP port. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return p;
+}
+
+/** Start a real redis-server on a free port (no persistence); fails clearly if it is not installed. */
+export async function startRedis(): Promise<{ url: string; stop(): Promise<void> }> {
+  let found = false;
+  try {
+    const r = await new Deno.Command("redis-server", { args: ["--version"], stdout: "null", stderr: "null" })
+      .output();
+    found = r.success;
+  } catch { /* not installed */ }
+  if (!found) {
+    throw new Error(
+      "redis-server is not installed: run `bash scripts/setup.sh` (installs redis-server) and retry",
+    );
+  }
+  const port = freePort();
+  const child = new Deno.Command("redis-server", {
+    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  for (let i = 0; i < 100; i++) {
+    try {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      c.close();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: async () => {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* gone */ }
+      await child.status;
+    },
+  };
+}
