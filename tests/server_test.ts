@@ -1,5 +1,5 @@
-/**
 // deno-lint-ignore-file no-explicit-any
+/**
  * HTTP tests against real servers (Deno.serve on loopback port 0, in-process), the real model (stories260K),
  * the ts backend and real stores (memory, Deno KV file, redis-server started here).
  */

@@ -1,5 +1,5 @@
-/** Test harness: real servers on loopback port 0 (in-process), a shared model/backend, a reference decoder. */
 // deno-lint-ignore-file no-explicit-any
+/** Test harness: real servers on loopback port 0 (in-process), a shared model/backend, a reference decoder. */
 import { type LoadedModel, loadModel } from "../../src/model/loader.ts";
 import { openBackend } from "../../src/engine/select.ts";
 import type { Backend } from "../../src/engine/backend.ts";
