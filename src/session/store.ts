@@ -122,5 +122,6 @@ export async function openStore(url: string): Promise<SessionStore> {
   }
   if (!path) path = DEFAULT_DENO_KV_PATH;
   const { DenoKvSessionStore } = await import("./stores/deno_kv.ts");
-  return await DenoKvSessionStore.open(path);
+  // Collect what crashed commits left behind (pending for over 10 minutes) every 5 minutes.
+  return await DenoKvSessionStore.open(path, { sweepIntervalMs: 5 * 60_000, sweepGraceMs: 10 * 60_000 });
 }
