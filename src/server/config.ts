@@ -28,6 +28,7 @@ import { parseArgs } from "node:util";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
+import { parsePolicySpec } from "../kv/policy.ts";
 
 /** The repository root (two levels above this file). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -136,6 +137,11 @@ export function buildConfig(overrides: Partial<Record<keyof ServerConfig, unknow
     throw new ConfigError(`invalid config '${iss.path.join(".")}': ${iss.message}`);
   }
   const cfg = r.data;
+  try {
+    parsePolicySpec(cfg.kvPolicy);
+  } catch (e) {
+    throw new ConfigError(`invalid config 'kvPolicy': ${(e as Error).message}`);
+  }
   if (!isAbsolute(cfg.model)) cfg.model = resolve(REPO_ROOT, cfg.model);
   if (cfg.store.startsWith("denokv:")) {
     const p = cfg.store.slice("denokv:".length);
