@@ -350,14 +350,14 @@ Deno.test("param validation: clear errors naming the policy and the param; defau
   const l = createPolicy({ name: "lethe" }, shape);
   assert.deepEqual(l.params, {
     mode: "adaptive",
-    gamma: 0.95,
+    gamma: 0.9,
     tau: 400,
     segments: 16,
     sink: 4,
-    recentRatio: 0.3,
+    recentRatio: 0.5,
     initialTrigger: 128,
     budget: 0.25,
-    slack: 32,
+    slack: 4,
     densityPower: 1,
     minLayer: 8,
   });
