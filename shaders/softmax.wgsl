@@ -1,4 +1,5 @@
-// Row softmax in place: S[r, 0..len) for r < rows; one workgroup per row.
+// Row softmax in place: S[r, 0..len) for r < rows; one invocation per row (no workgroup barriers: they are
+// costly on CPU drivers such as lavapipe).
 struct Params {
   rows: u32,
   len: u32,
@@ -7,49 +8,29 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> S: array<f32>;
 
-var<workgroup> red: array<f32, 64>;
-
 @compute @workgroup_size(64)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  let r = wid.x + wid.y * nwg.x;
+  let r = (wid.x + wid.y * nwg.x) * 64u + li;
   if (r >= P.rows) {
     return;
   }
   let base = r * P.len;
   var m = -3.4e38;
-  for (var j = li; j < P.len; j += 64u) {
+  for (var j = 0u; j < P.len; j++) {
     m = max(m, S[base + j]);
   }
-  red[li] = m;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w >>= 1u) {
-    if (li < w) {
-      red[li] = max(red[li], red[li + w]);
-    }
-    workgroupBarrier();
-  }
-  let mx = red[0];
-  workgroupBarrier();
   var s = 0.0;
-  for (var j = li; j < P.len; j += 64u) {
-    let e = exp(S[base + j] - mx);
+  for (var j = 0u; j < P.len; j++) {
+    let e = exp(S[base + j] - m);
     S[base + j] = e;
     s += e;
   }
-  red[li] = s;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w >>= 1u) {
-    if (li < w) {
-      red[li] += red[li + w];
-    }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / red[0];
-  for (var j = li; j < P.len; j += 64u) {
+  let inv = 1.0 / s;
+  for (var j = 0u; j < P.len; j++) {
     S[base + j] *= inv;
   }
 }

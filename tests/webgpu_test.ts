@@ -183,7 +183,7 @@ Deno.test({
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
     const rec = new StepRecorder(k);
-    rec.groups(k.pipeline("rmsnorm"), 2, ["P", Xb, Wb, Yb, Mb], [2, dim, new F32(eps), 1]);
+    rec.threads(k.pipeline("rmsnorm"), 2, ["P", Xb, Wb, Yb, Mb], [2, dim, new F32(eps), 1]);
     const enc = device.createCommandEncoder();
     rec.encode(enc);
     enc.copyBufferToBuffer(Yb, 0, st, 0, 2 * dim * 4);
@@ -440,12 +440,14 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: weights split into row chunks and prefill attention split into query chunks still match",
+  name:
+    "webgpu: row-chunked weights, query-chunked prefill attention and the fused decode kernel still match",
   ignore,
   async fn() {
     const m = await model(SHARED_MODELS.stories260K);
     const d = await variant("chunked", m.weights, { maxWeightBinding: 4096, attScratchBytes: 256 });
     assert.ok(d.length > 0);
+    await variant("fused decode attention", m.weights, { fusedDecode: true });
   },
 });
 

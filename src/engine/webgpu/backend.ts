@@ -28,6 +28,8 @@ export interface WebGPUBackendOptions {
   hostMirror?: boolean;
   /** Split weight matrices into row chunks of at most this many bytes (default: the device limit). */
   maxWeightBinding?: number;
+  /** Use the fused one-workgroup attention kernel for one-token (decode) steps (default false: it is ~5× slower on lavapipe, whose workgroup barriers are costly; meant for real GPUs). */
+  fusedDecode?: boolean;
   /** Bytes of attention-probability scratch per dispatch chunk (default 64 MiB; prefill is chunked to fit). */
   attScratchBytes?: number;
 }
@@ -202,6 +204,7 @@ export class WebGPUBackend implements Backend {
   private disposed = false;
   private lost: string | null = null;
   private readonly attScratch: number;
+  private readonly fusedDecode: boolean;
 
   constructor(
     config: ModelConfig,
@@ -215,6 +218,7 @@ export class WebGPUBackend implements Backend {
     this.kernels = kernels;
     this.device = kernels.device;
     this.hostMirror = opts.hostMirror ?? true;
+    this.fusedDecode = opts.fusedDecode ?? false;
     this.attScratch = Math.max(64, Math.min(opts.attScratchBytes ?? ATT_SCRATCH_CAP, kernels.maxBinding));
     const d = this.device;
     d.lost.then((info) => {
@@ -442,7 +446,7 @@ export class WebGPUBackend implements Backend {
       }
     };
     const rmsnorm = (X: GPUBuffer, w: GPUBuffer, Y: GPUBuffer, rows: number, useMap: boolean) => {
-      rec.groups(k.pipeline("rmsnorm"), rows, ["P", X, w, Y, mapBuf], [
+      rec.threads(k.pipeline("rmsnorm"), rows, ["P", X, w, Y, mapBuf], [
         rows,
         c.dim,
         new F32(c.normEps),
@@ -480,6 +484,25 @@ export class WebGPUBackend implements Backend {
           p.pos0,
           0,
         ]);
+        if (p.t === 1 && this.fusedDecode) {
+          // decode: one fused dispatch (logits, softmax, output, scores)
+          rec.groups(k.pipeline("attn_decode"), 1, ["P", qkv, K, Vb, P, att, ao, wtBuf, scores], [
+            nH,
+            hd,
+            kvDim,
+            L,
+            p.row,
+            qkvDim,
+            group,
+            p.pos0,
+            scale,
+            p.row,
+            p.row,
+            p.input.scores ? p.scoreOff[l] : 0,
+            p.input.scores ? 1 : 0,
+          ]);
+          continue;
+        }
         const chunk = chunkOf(L);
         for (let t0 = 0; t0 < p.t; t0 += chunk) {
           const tq = Math.min(chunk, p.t - t0);
@@ -496,7 +519,7 @@ export class WebGPUBackend implements Backend {
             p.pos0 + t0,
             scale,
           ]);
-          rec.groups(k.pipeline("softmax"), tq * nH, ["P", att], [tq * nH, L]);
+          rec.threads(k.pipeline("softmax"), tq * nH, ["P", att], [tq * nH, L]);
           rec.threads(k.pipeline("attn_out"), tq * nH * hd, ["P", att, Vb, ao], [
             tq,
             nH,

@@ -16,6 +16,7 @@ const KERNELS = [
   "softmax",
   "attn_out",
   "attn_score_sum",
+  "attn_decode",
   "silu_mul",
 ] as const;
 export type KernelName = typeof KERNELS[number];
