@@ -14,9 +14,10 @@
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
-import { type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
+import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
 import type { Backend, StepInput, StepOutput } from "../src/engine/backend.ts";
+import type { HostKVCache } from "../src/kv/cache.ts";
 import { runSequence, Sequence } from "../src/engine/sequence.ts";
 import { GREEDY } from "../src/engine/sampler.ts";
 import { createPolicy } from "../src/kv/policy.ts";
@@ -43,28 +44,31 @@ const NVCC = await hasNvcc();
 const built = NVCC ? (await buildNative()).find((r) => r.lib === "cuda") : undefined;
 const libBuilt = built?.status === "built" || built?.status === "up-to-date";
 
-let probe: CudaProbe | undefined;
-let probeError = "";
-if (libBuilt) {
+function tryProbe(path: string): { probe?: CudaProbe; error: string } {
   try {
-    probe = probeCuda(CUDA_LIB);
+    return { probe: probeCuda(path), error: "" };
   } catch (e) {
-    probeError = (e as Error).message;
+    return { error: (e as Error).message };
   }
 }
-const DEVICES = probe?.devices ?? -1;
+
+// The library built here (for the build / no-device tests) ...
+const local = libBuilt ? tryProbe(CUDA_LIB) : { probe: undefined, error: "library not built" };
+const localNoDevice = (local.probe?.devices ?? -1) < 1;
+// ... and the one the GPU tests use: env LETHE_CUDA_LIB (e.g. the host-emulated build, see
+// native/cuda/emu/cuda_emu.h) or the same library.
+const GPU_LIB = cudaLibraryPath();
+const gpu = GPU_LIB === CUDA_LIB ? local : tryProbe(GPU_LIB);
+const DEVICES = gpu.probe?.devices ?? -1;
 const noGpu = DEVICES < 1;
 if (!NVCC) {
   console.log("cuda: nvcc not found; the CUDA library is not built here (build and GPU tests ignored)");
 } else if (!libBuilt) console.log(`cuda: build did not succeed: ${built?.message}`);
 if (noGpu) {
-  console.log(
-    `cuda: GPU tests ignored: ${
-      probe?.error ?? (probeError || "library not built")
-    } (device count ${DEVICES})`,
-  );
+  const why = gpu.probe?.error ?? (gpu.error || "library not built");
+  console.log(`cuda: GPU tests ignored: ${why} (device count ${DEVICES}, ${GPU_LIB})`);
 } else {
-  console.log(`cuda: running GPU tests on ${probe!.info}`);
+  console.log(`cuda: running GPU tests on ${gpu.probe!.info} (${GPU_LIB})`);
 }
 
 const STORIES = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
@@ -121,7 +125,7 @@ Deno.test({
 
 Deno.test({
   name: "cuda: without a device, device count is -1 and model create / openCudaBackend fail cleanly",
-  ignore: !libBuilt || !noGpu,
+  ignore: !libBuilt || !localNoDevice,
   async fn() {
     const lib = Deno.dlopen(CUDA_LIB, RAW_SYMBOLS).symbols;
     assert.equal(lib.lethe_device_count(), -1);
@@ -142,8 +146,8 @@ Deno.test({
     assert.equal(lib.lethe_model_create(null), null);
     assert.match(cstr(lib.lethe_last_error()), /cfg is NULL/);
 
-    assert.equal(probe?.devices, -1);
-    assert.match(probe?.error ?? "", /^no CUDA device: \S/);
+    assert.equal(local.probe?.devices, -1);
+    assert.match(local.probe?.error ?? "", /^no CUDA device: \S/);
     const model = await loadModel(STORIES);
     await assert.rejects(
       () => openCudaBackend(model.config, model.weights, { path: CUDA_LIB }),
@@ -214,51 +218,42 @@ async function compareDecode(gpu: Backend, ts: Backend, prompt: number[], steps:
   kg.free();
 }
 
-Deno.test({
-  name:
-    "cuda (GPU): stories260K logits and scores agree with the ts reference over prefill + 64 decode steps",
-  ignore: noGpu,
-  async fn() {
-    const model = await loadModel(STORIES);
-    const gpu = await openCudaBackend(model.config, model.weights);
-    try {
-      const ts = createTsBackend(model.config, model.weights);
-      await compareDecode(gpu, ts, model.tokenizer.encode("Once upon a time", { addBos: true }), 64);
-    } finally {
-      gpu.dispose();
-    }
-  },
-});
+async function agreeStories(path: string, steps: number): Promise<void> {
+  const model = await loadModel(STORIES);
+  const gpu = await openCudaBackend(model.config, model.weights, { path });
+  try {
+    const ts = createTsBackend(model.config, model.weights);
+    await compareDecode(gpu, ts, model.tokenizer.encode("Once upon a time", { addBos: true }), steps);
+  } finally {
+    gpu.dispose();
+  }
+}
 
-Deno.test({
-  name: "cuda (GPU): greedy decode of stories260K equals the golden text",
-  ignore: noGpu,
-  async fn() {
-    const golden = JSON.parse(await Deno.readTextFile(GOLDEN)) as {
-      cases: { prompt: string; steps: number; text: string }[];
-    };
-    const model = await loadModel(STORIES);
-    const gpu = await openCudaBackend(model.config, model.weights);
-    try {
-      for (const c of golden.cases) {
-        const prompt = model.tokenizer.encode(c.prompt, { addBos: true });
-        const seq = new Sequence(gpu, model.tokenizer, {
-          maxTokens: c.steps + 1 - prompt.length,
-          stop: [],
-          sampling: GREEDY,
-          policy: createPolicy({ name: "full" }, { nLayers: model.config.nLayers, contextLength: 512 }),
-        });
-        seq.feed(prompt);
-        seq.start();
-        let text = model.tokenizer.decode(prompt);
-        for await (const ev of runSequence(gpu, seq)) text += ev.text;
-        assert.equal(text, c.text);
-      }
-    } finally {
-      gpu.dispose();
+async function greedyGolden(path: string): Promise<void> {
+  const golden = JSON.parse(await Deno.readTextFile(GOLDEN)) as {
+    cases: { prompt: string; steps: number; text: string }[];
+  };
+  const model = await loadModel(STORIES);
+  const gpu = await openCudaBackend(model.config, model.weights, { path });
+  try {
+    for (const c of golden.cases) {
+      const prompt = model.tokenizer.encode(c.prompt, { addBos: true });
+      const seq = new Sequence(gpu, model.tokenizer, {
+        maxTokens: c.steps + 1 - prompt.length,
+        stop: [],
+        sampling: GREEDY,
+        policy: createPolicy({ name: "full" }, { nLayers: model.config.nLayers, contextLength: 512 }),
+      });
+      seq.feed(prompt);
+      seq.start();
+      let text = model.tokenizer.decode(prompt);
+      for await (const ev of runSequence(gpu, seq)) text += ev.text;
+      assert.equal(text, c.text);
     }
-  },
-});
+  } finally {
+    gpu.dispose();
+  }
+}
 
 // ---------- synthetic models: every weight type, both RoPE styles, biases ----------
 
@@ -344,92 +339,175 @@ function synthModel(
   return { config, weights: { tokenEmbd, layers, outputNorm: vec("out_norm", dim, 0.1, 1), output } };
 }
 
+async function agreeTypes(
+  path: string,
+  cases: { type: GGMLType; rope: "interleaved" | "half" }[],
+  steps: number,
+): Promise<void> {
+  for (const [i, { type, rope }] of cases.entries()) {
+    const { config, weights } = synthModel(rope, rope === "half", type, 10 + i);
+    const gpu = await openCudaBackend(config, weights, { path });
+    try {
+      const rng = new Rng(99 + i);
+      const prompt = Array.from({ length: 13 }, () => Math.floor(rng.next() * config.vocabSize));
+      await compareDecode(gpu, createTsBackend(config, weights), prompt, steps);
+    } catch (e) {
+      throw new Error(`type ${GGMLType[type]} rope ${rope}: ${(e as Error).message}`);
+    } finally {
+      gpu.dispose();
+    }
+  }
+}
+
+/** Batched = alone; per-layer compaction, then decoding; export equals the reference; import reproduces. */
+async function batchAndCompaction(path: string): Promise<void> {
+  const model = await loadModel(STORIES);
+  const { config } = model;
+  const gpu = await openCudaBackend(config, model.weights, { path });
+  const ts = createTsBackend(config, model.weights);
+  try {
+    const a = model.tokenizer.encode("Tom had a red ball. He", { addBos: true });
+    const b = model.tokenizer.encode("The cat", { addBos: true });
+    const scores = { decay: 0.9, window: 4 };
+    const kA = gpu.createKV(), kB = gpu.createKV();
+    const [oa, ob] = await gpu.forward([
+      { kv: kA, tokens: a, logits: "all", scores },
+      { kv: kB, tokens: b, logits: "last", scores },
+    ]);
+    const [ta] = await ts.forward([{ kv: ts.createKV(), tokens: a, logits: "all", scores }]);
+    const kT = ts.createKV();
+    const [tb] = await ts.forward([{ kv: kT, tokens: b, logits: "last", scores }]);
+    assertStep(oa, ta, config.nHeads, "batch seq A");
+    assertStep(ob, tb, config.nHeads, "batch seq B");
+
+    for (let l = 0; l < config.nLayers; l++) {
+      const n = kB.length(l);
+      const keep = Int32Array.from({ length: n }, (_, j) => j).filter((j) => j === 0 || (j + l) % 2 === 1);
+      kB.compact(l, keep);
+      kT.compact(l, keep);
+      assert.equal(kB.length(l), keep.length);
+      assert.deepEqual(kB.positions(l), kT.positions(l));
+    }
+    let tok = [argmax(tb.logits)];
+    for (let step = 0; step < 5; step++) {
+      const [og] = await gpu.forward([{ kv: kB, tokens: tok, logits: "last", scores }]);
+      const [ot] = await ts.forward([{ kv: kT, tokens: tok, logits: "last", scores }]);
+      assertStep(og, ot, config.nHeads, `after compaction step ${step}`);
+      tok = [argmax(ot.logits)];
+    }
+    const host = kB.toHost();
+    const ref = (kT as HostKVCache).toHost();
+    assert.equal(host.nextPos, ref.nextPos);
+    for (let l = 0; l < config.nLayers; l++) {
+      const n = ref.length(l), d = ref.kvDim;
+      assert.equal(host.length(l), n);
+      assert.deepEqual(host.positions(l), ref.positions(l));
+      assertClose(host.k[l].subarray(0, n * d), ref.k[l].subarray(0, n * d), 1e-4, `K layer ${l}`);
+      assertClose(host.v[l].subarray(0, n * d), ref.v[l].subarray(0, n * d), 1e-4, `V layer ${l}`);
+    }
+    const kC = gpu.createKV();
+    kC.loadFrom(host);
+    assert.equal(kC.bytes(), kB.bytes());
+    const input: StepInput = { kv: kB, tokens: tok, logits: "last", scores };
+    const [fromB] = await gpu.forward([input]);
+    const [fromC] = await gpu.forward([{ ...input, kv: kC }]);
+    assert.deepEqual(fromC.logits, fromB.logits);
+    assert.deepEqual(fromC.scores, fromB.scores);
+    kA.free();
+    kB.free();
+    kC.free();
+  } finally {
+    gpu.dispose();
+  }
+}
+
+const ALL_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0];
+
+Deno.test({
+  name:
+    "cuda (GPU): stories260K logits and scores agree with the ts reference over prefill + 64 decode steps",
+  ignore: noGpu,
+  fn: () => agreeStories(GPU_LIB, 64),
+});
+
+Deno.test({
+  name: "cuda (GPU): greedy decode of stories260K equals the golden text",
+  ignore: noGpu,
+  fn: () => greedyGolden(GPU_LIB),
+});
+
 Deno.test({
   name: "cuda (GPU): F32/F16/BF16/Q8_0/Q4_0 weights, both RoPE styles, biases agree with ts",
   ignore: noGpu,
-  async fn() {
-    const types = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0];
-    for (const [i, type] of types.entries()) {
-      for (const rope of ["interleaved", "half"] as const) {
-        const { config, weights } = synthModel(rope, rope === "half", type, 10 + i);
-        const gpu = await openCudaBackend(config, weights);
-        try {
-          const rng = new Rng(99 + i);
-          const prompt = Array.from({ length: 13 }, () => Math.floor(rng.next() * config.vocabSize));
-          await compareDecode(gpu, createTsBackend(config, weights), prompt, 6);
-        } catch (e) {
-          throw new Error(`type ${GGMLType[type]} rope ${rope}: ${(e as Error).message}`);
-        } finally {
-          gpu.dispose();
-        }
-      }
-    }
-  },
+  fn: () =>
+    agreeTypes(
+      GPU_LIB,
+      ALL_TYPES.flatMap((type) => [{ type, rope: "interleaved" as const }, { type, rope: "half" as const }]),
+      6,
+    ),
 });
 
 Deno.test({
   name: "cuda (GPU): a batch equals each sequence alone; compaction, export and import match the reference",
   ignore: noGpu,
-  async fn() {
-    const model = await loadModel(STORIES);
-    const { config } = model;
-    const gpu = await openCudaBackend(config, model.weights);
-    const ts = createTsBackend(config, model.weights);
-    try {
-      const a = model.tokenizer.encode("Tom had a red ball. He", { addBos: true });
-      const b = model.tokenizer.encode("The cat", { addBos: true });
-      const scores = { decay: 0.9, window: 4 };
-      // Batched (with different lengths and logits modes) vs alone.
-      const kA = gpu.createKV(), kB = gpu.createKV();
-      const [oa, ob] = await gpu.forward([
-        { kv: kA, tokens: a, logits: "all", scores },
-        { kv: kB, tokens: b, logits: "last", scores },
-      ]);
-      const [ta] = await ts.forward([{ kv: ts.createKV(), tokens: a, logits: "all", scores }]);
-      const kT = ts.createKV();
-      const [tb] = await ts.forward([{ kv: kT, tokens: b, logits: "last", scores }]);
-      assertStep(oa, ta, config.nHeads, "batch seq A");
-      assertStep(ob, tb, config.nHeads, "batch seq B");
+  fn: () => batchAndCompaction(GPU_LIB),
+});
 
-      // Compact every layer differently, on both backends, then keep decoding.
-      for (let l = 0; l < config.nLayers; l++) {
-        const n = kB.length(l);
-        const keep = Int32Array.from({ length: n }, (_, j) => j).filter((j) => j === 0 || (j + l) % 2 === 1);
-        kB.compact(l, keep);
-        kT.compact(l, keep);
-        assert.equal(kB.length(l), keep.length);
-        assert.deepEqual(kB.positions(l), kT.positions(l));
-      }
-      let tok = [argmax(tb.logits)];
-      for (let step = 0; step < 5; step++) {
-        const [og] = await gpu.forward([{ kv: kB, tokens: tok, logits: "last", scores }]);
-        const [ot] = await ts.forward([{ kv: kT, tokens: tok, logits: "last", scores }]);
-        assertStep(og, ot, config.nHeads, `after compaction step ${step}`);
-        tok = [argmax(ot.logits)];
-      }
-      // Export matches the reference cache; import into a fresh cache reproduces the next step.
-      const host = kB.toHost();
-      const ref = kT.toHost();
-      assert.equal(host.nextPos, ref.nextPos);
-      for (let l = 0; l < config.nLayers; l++) {
-        const n = ref.length(l), d = ref.kvDim;
-        assert.equal(host.length(l), n);
-        assert.deepEqual(host.positions(l), ref.positions(l));
-        assertClose(host.k[l].subarray(0, n * d), ref.k[l].subarray(0, n * d), 1e-4, `K layer ${l}`);
-        assertClose(host.v[l].subarray(0, n * d), ref.v[l].subarray(0, n * d), 1e-4, `V layer ${l}`);
-      }
-      const kC = gpu.createKV();
-      kC.loadFrom(host);
-      const input: StepInput = { kv: kB, tokens: tok, logits: "last", scores };
-      const [fromB] = await gpu.forward([input]);
-      const [fromC] = await gpu.forward([{ ...input, kv: kC }]);
-      assert.deepEqual(fromC.logits, fromB.logits);
-      assert.deepEqual(fromC.scores, fromB.scores);
-      kA.free();
-      kB.free();
-      kC.free();
-    } finally {
-      gpu.dispose();
+// ---------- the same kernels on the host emulator (runs without a GPU) ----------
+
+/**
+ * Compiles native/cuda/lethe_cuda.cu with g++ against native/cuda/emu/cuda_emu.h (CUDA threads as fibers,
+ * __syncthreads and warp shuffles emulated; 64-thread blocks, so multi-warp reductions are exercised) into a
+ * temporary library. Returns its path, or why it could not be built.
+ */
+async function buildEmulated(): Promise<{ path?: string; error?: string }> {
+  const src = resolve(REPO_ROOT, "native", "cuda", "lethe_cuda.cu");
+  const flags = [
+    "-std=c++20",
+    "-O2",
+    "-x",
+    "c++",
+    "-DLETHE_EMU",
+    "-DLETHE_BLOCK_OVERRIDE=64",
+    "-fPIC",
+    "-shared",
+  ];
+  try {
+    const dir = await Deno.makeTempDir({ prefix: "lethe_cuda_emu_" });
+    const path = `${dir}/liblethe_cuda_emu.so`;
+    const out = await new Deno.Command("g++", {
+      args: [...flags, "-o", path, src],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    if (!out.success) {
+      return { error: new TextDecoder().decode(out.stderr).split("\n").slice(0, 10).join("\n") };
     }
+    return { path };
+  } catch (e) {
+    return { error: `g++ not runnable: ${(e as Error).message}` };
+  }
+}
+
+const emu = await buildEmulated();
+if (!emu.path) console.log(`cuda: host-emulator test ignored: ${emu.error}`);
+
+Deno.test({
+  name: "cuda (host emulator): the CUDA kernels agree with ts (stories260K, weight types, batch, compaction)",
+  ignore: !emu.path,
+  async fn() {
+    const path = emu.path!;
+    const info = probeCuda(path);
+    assert.equal(info.devices, 1);
+    assert.match(info.info, /host emulator/);
+    await agreeStories(path, 6);
+    await agreeTypes(path, [
+      { type: GGMLType.F16, rope: "half" },
+      { type: GGMLType.BF16, rope: "interleaved" },
+      { type: GGMLType.Q8_0, rope: "half" },
+      { type: GGMLType.Q4_0, rope: "interleaved" },
+    ], 2);
+    await batchAndCompaction(path);
   },
 });

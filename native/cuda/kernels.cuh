@@ -5,9 +5,20 @@
 // Every kernel assumes blockDim.x is a multiple of 32 (full warps) and at most 1024.
 #pragma once
 
+#ifdef LETHE_EMU
+#include "emu/cuda_emu.h"  // host emulation of the CUDA subset used here (tests without a GPU)
+#else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
+
+// Kernel launch: `LAUNCH(kernel, grid, block, smem, stream, args...)`.
+#ifdef LETHE_EMU
+#define LAUNCH(kernel, grid, block, smem, stream, ...) emu::launch(dim3(grid), dim3(block), [&] { kernel(__VA_ARGS__); })
+#else
+#define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
 
 namespace lethe_cuda {
 
@@ -22,10 +33,17 @@ constexpr int QK = 32;          // elements per Q4_0 / Q8_0 block
 constexpr int Q8_0_BYTES = 34;  // f16 scale + 32 x int8
 constexpr int Q4_0_BYTES = 18;  // f16 scale + 16 bytes of nibbles (low nibbles = elements 0..15)
 
+#ifndef LETHE_BLOCK_OVERRIDE
 constexpr int MATMUL_THREADS = 128;
-constexpr int MATMUL_TILE = 8;  // activation rows per matmul block (weights read once per tile)
 constexpr int ROW_THREADS = 256;
 constexpr int ATTN_THREADS = 128;
+#else  // smaller blocks for the host emulator (any multiple of 32 is valid)
+constexpr int MATMUL_THREADS = LETHE_BLOCK_OVERRIDE;
+constexpr int ROW_THREADS = LETHE_BLOCK_OVERRIDE;
+constexpr int ATTN_THREADS = LETHE_BLOCK_OVERRIDE;
+#endif
+constexpr int MATMUL_TILE = 8;     // activation rows per matmul block (weights read once per tile)
+constexpr int MAX_HEAD_DIM = 1024;  // the attention kernel keeps the query in shared memory
 
 // ---------------------------------------------------------------------------------------------------------
 // Reductions
@@ -259,11 +277,10 @@ __global__ void kv_append_kernel(const float* __restrict__ k, const float* __res
 // GQA attention for rows [r0, r0 + gridDim.x) and every query head (blockIdx.y):
 //   p_j = softmax_j(q·K_j / sqrt(hd)) over the row's nvis visible cache rows (causal inside the step),
 //   out = Σ_j p_j V_j.
-// The probabilities stay in `att` (chunk scratch) for the score kernel. block = ATTN_THREADS, dynamic shared
-// memory = hd floats (the query).
+// The probabilities stay in `att` (chunk scratch) for the score kernel. block = ATTN_THREADS; hd <= MAX_HEAD_DIM.
 __global__ void attention_kernel(const float* __restrict__ q, const RowMeta* __restrict__ meta, float* att,
                                  float* __restrict__ out, int r0, int nHeads, int nKV, int hd) {
-  extern __shared__ float qs[];
+  __shared__ float qs[MAX_HEAD_DIM];
   __shared__ float sh[32];
   const int r = r0 + blockIdx.x;
   const int h = blockIdx.y;

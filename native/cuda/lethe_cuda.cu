@@ -8,7 +8,6 @@
 //   is read once per 8 activation rows), attention per sequence over its own cache, and synchronises with the
 //   host once: a single device→host copy of the logits and scores at the end.
 // - Every CUDA call is checked; failures set lethe_last_error and return an error code / NULL.
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -286,7 +285,7 @@ static bool validate_config(const lethe_config* c) {
   }
   const int LIM = 1 << 20;
   if (c->dim <= 0 || c->dim > LIM || c->n_layers <= 0 || c->n_layers > 4096 || c->n_heads <= 0 ||
-      c->n_heads > 65535 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim > 4096 || c->ffn_dim <= 0 ||
+      c->n_heads > 65535 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim > MAX_HEAD_DIM || c->ffn_dim <= 0 ||
       c->ffn_dim > LIM || c->vocab_size <= 0 || c->vocab_size > (1 << 24)) {
     set_error("lethe_model_create: dimensions out of range (dim %d, layers %d, heads %d/%d, head_dim %d, ffn %d, "
               "vocab %d)",
@@ -569,11 +568,11 @@ static bool kv_compact_impl(lethe_kv* kv, int32_t layer, const int32_t* keep, in
               cuda_ok(cudaMemcpyAsync(dkeep, keep, (size_t)n * 4, cudaMemcpyHostToDevice, st),
                       "cudaMemcpyAsync (compact)");
     if (ok) {
-      gather_rows_kernel<<<n, ROW_THREADS, 0, st>>>(L.k, dkeep, k, (int)kv->kvDim, n);
+      LAUNCH(gather_rows_kernel, n, ROW_THREADS, 0, st, L.k, dkeep, k, (int)kv->kvDim, n);
       ok = cuda_ok(cudaGetLastError(), "gather (compact) launch");
     }
     if (ok) {
-      gather_rows_kernel<<<n, ROW_THREADS, 0, st>>>(L.v, dkeep, v, (int)kv->kvDim, n);
+      LAUNCH(gather_rows_kernel, n, ROW_THREADS, 0, st, L.v, dkeep, v, (int)kv->kvDim, n);
       ok = cuda_ok(cudaGetLastError(), "gather (compact) launch");
     }
     ok = ok && cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (compact)");
@@ -686,23 +685,23 @@ static bool launch_matmul(lethe_model* m, const DevTensor& W, const float* x, in
   const int in = (int)W.cols, out = (int)W.rows;
   switch (W.type) {
     case T_F32:
-      matmul_kernel<T_F32><<<grid, MATMUL_THREADS, 0, m->stream>>>(W.d, W.rowBytes, in, out, x, n, y, bias,
+      LAUNCH(matmul_kernel<T_F32>, grid, MATMUL_THREADS, 0, m->stream, W.d, W.rowBytes, in, out, x, n, y, bias,
                                                                     accumulate);
       break;
     case T_F16:
-      matmul_kernel<T_F16><<<grid, MATMUL_THREADS, 0, m->stream>>>(W.d, W.rowBytes, in, out, x, n, y, bias,
+      LAUNCH(matmul_kernel<T_F16>, grid, MATMUL_THREADS, 0, m->stream, W.d, W.rowBytes, in, out, x, n, y, bias,
                                                                     accumulate);
       break;
     case T_BF16:
-      matmul_kernel<T_BF16><<<grid, MATMUL_THREADS, 0, m->stream>>>(W.d, W.rowBytes, in, out, x, n, y, bias,
+      LAUNCH(matmul_kernel<T_BF16>, grid, MATMUL_THREADS, 0, m->stream, W.d, W.rowBytes, in, out, x, n, y, bias,
                                                                      accumulate);
       break;
     case T_Q8_0:
-      matmul_kernel<T_Q8_0><<<grid, MATMUL_THREADS, 0, m->stream>>>(W.d, W.rowBytes, in, out, x, n, y, bias,
+      LAUNCH(matmul_kernel<T_Q8_0>, grid, MATMUL_THREADS, 0, m->stream, W.d, W.rowBytes, in, out, x, n, y, bias,
                                                                      accumulate);
       break;
     case T_Q4_0:
-      matmul_kernel<T_Q4_0><<<grid, MATMUL_THREADS, 0, m->stream>>>(W.d, W.rowBytes, in, out, x, n, y, bias,
+      LAUNCH(matmul_kernel<T_Q4_0>, grid, MATMUL_THREADS, 0, m->stream, W.d, W.rowBytes, in, out, x, n, y, bias,
                                                                      accumulate);
       break;
     default:
@@ -717,19 +716,19 @@ static bool launch_embed(lethe_model* m, const DevTensor& E, const int32_t* toke
   const int dim = (int)E.cols;
   switch (E.type) {
     case T_F32:
-      embed_kernel<T_F32><<<n, ROW_THREADS, 0, m->stream>>>(E.d, E.rowBytes, dim, tokens, n, x);
+      LAUNCH(embed_kernel<T_F32>, n, ROW_THREADS, 0, m->stream, E.d, E.rowBytes, dim, tokens, n, x);
       break;
     case T_F16:
-      embed_kernel<T_F16><<<n, ROW_THREADS, 0, m->stream>>>(E.d, E.rowBytes, dim, tokens, n, x);
+      LAUNCH(embed_kernel<T_F16>, n, ROW_THREADS, 0, m->stream, E.d, E.rowBytes, dim, tokens, n, x);
       break;
     case T_BF16:
-      embed_kernel<T_BF16><<<n, ROW_THREADS, 0, m->stream>>>(E.d, E.rowBytes, dim, tokens, n, x);
+      LAUNCH(embed_kernel<T_BF16>, n, ROW_THREADS, 0, m->stream, E.d, E.rowBytes, dim, tokens, n, x);
       break;
     case T_Q8_0:
-      embed_kernel<T_Q8_0><<<n, ROW_THREADS, 0, m->stream>>>(E.d, E.rowBytes, dim, tokens, n, x);
+      LAUNCH(embed_kernel<T_Q8_0>, n, ROW_THREADS, 0, m->stream, E.d, E.rowBytes, dim, tokens, n, x);
       break;
     case T_Q4_0:
-      embed_kernel<T_Q4_0><<<n, ROW_THREADS, 0, m->stream>>>(E.d, E.rowBytes, dim, tokens, n, x);
+      LAUNCH(embed_kernel<T_Q4_0>, n, ROW_THREADS, 0, m->stream, E.d, E.rowBytes, dim, tokens, n, x);
       break;
     default:
       set_error("embedding: unsupported type %d", E.type);
@@ -938,46 +937,45 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   if (outFloats > logitFloats)
     CK(cudaMemsetAsync(out + logitFloats, 0, (size_t)(outFloats - logitFloats) * 4, st));
   if (!launch_embed(m, embd, dTok, n, x)) return false;
-  const size_t attnSmem = (size_t)hd * 4;
   for (int l = 0; l < nL; l++) {
     const std::vector<DevTensor>& W = m->layers[l];
     const RowMeta* lm = dMeta + (size_t)l * N;
-    rmsnorm_kernel<<<n, ROW_THREADS, 0, st>>>(x, (const float*)W[LETHE_ATTN_NORM].d, xb, dim, c.norm_eps, n);
+    LAUNCH(rmsnorm_kernel, n, ROW_THREADS, 0, st, x, (const float*)W[LETHE_ATTN_NORM].d, xb, dim, c.norm_eps, n);
     CK_LAUNCH("rmsnorm");
     if (!launch_matmul(m, W[LETHE_WQ], xb, n, q, (const float*)W[LETHE_BQ].d, 0)) return false;
     if (!launch_matmul(m, W[LETHE_WK], xb, n, k, (const float*)W[LETHE_BK].d, 0)) return false;
     if (!launch_matmul(m, W[LETHE_WV], xb, n, v, (const float*)W[LETHE_BV].d, 0)) return false;
-    rope_kernel<<<n, ROW_THREADS, 0, st>>>(q, k, dPos, nH, nKV, hd, (double)c.rope_theta, c.rope_style, n);
+    LAUNCH(rope_kernel, n, ROW_THREADS, 0, st, q, k, dPos, nH, nKV, hd, (double)c.rope_theta, c.rope_style, n);
     CK_LAUNCH("rope");
-    kv_append_kernel<<<n, ROW_THREADS, 0, st>>>(k, v, lm, kvDim, n);
+    LAUNCH(kv_append_kernel, n, ROW_THREADS, 0, st, k, v, lm, kvDim, n);
     CK_LAUNCH("kv_append");
     for (const auto& ch : chunks[l]) {
       const int rows = ch.second - ch.first;
       if (rows <= 0) continue;
-      attention_kernel<<<dim3((unsigned)rows, (unsigned)nH), ATTN_THREADS, attnSmem, st>>>(q, lm, att, ao, ch.first,
+      LAUNCH(attention_kernel, dim3((unsigned)rows, (unsigned)nH), ATTN_THREADS, 0, st, q, lm, att, ao, ch.first,
                                                                                             nH, nKV, hd);
       CK_LAUNCH("attention");
       if (nJobs > 0) {
-        scores_kernel<<<nJobs, ROW_THREADS, 0, st>>>(att, lm, dJobs + (size_t)l * nJobs, dW, out, ch.first,
+        LAUNCH(scores_kernel, nJobs, ROW_THREADS, 0, st, att, lm, dJobs + (size_t)l * nJobs, dW, out, ch.first,
                                                      ch.second, nH);
         CK_LAUNCH("scores");
       }
     }
     if (!launch_matmul(m, W[LETHE_WO], ao, n, x, nullptr, 1)) return false;
-    rmsnorm_kernel<<<n, ROW_THREADS, 0, st>>>(x, (const float*)W[LETHE_FFN_NORM].d, xb, dim, c.norm_eps, n);
+    LAUNCH(rmsnorm_kernel, n, ROW_THREADS, 0, st, x, (const float*)W[LETHE_FFN_NORM].d, xb, dim, c.norm_eps, n);
     CK_LAUNCH("rmsnorm");
     if (!launch_matmul(m, W[LETHE_W_GATE], xb, n, h1, nullptr, 0)) return false;
     if (!launch_matmul(m, W[LETHE_W_UP], xb, n, h2, nullptr, 0)) return false;
     const int64_t cnt = N * ffn;
-    swiglu_kernel<<<(unsigned)((cnt + ROW_THREADS - 1) / ROW_THREADS), ROW_THREADS, 0, st>>>(h1, h2, cnt);
+    LAUNCH(swiglu_kernel, (unsigned)((cnt + ROW_THREADS - 1) / ROW_THREADS), ROW_THREADS, 0, st, h1, h2, cnt);
     CK_LAUNCH("swiglu");
     if (!launch_matmul(m, W[LETHE_W_DOWN], h1, n, x, nullptr, 1)) return false;
   }
   if (NL > 0) {
     const int nl = (int)NL;
-    gather_rows_kernel<<<nl, ROW_THREADS, 0, st>>>(x, dLRows, xl, dim, nl);
+    LAUNCH(gather_rows_kernel, nl, ROW_THREADS, 0, st, x, dLRows, xl, dim, nl);
     CK_LAUNCH("gather logits rows");
-    rmsnorm_kernel<<<nl, ROW_THREADS, 0, st>>>(xl, (const float*)outNorm.d, xb, dim, c.norm_eps, nl);
+    LAUNCH(rmsnorm_kernel, nl, ROW_THREADS, 0, st, xl, (const float*)outNorm.d, xb, dim, c.norm_eps, nl);
     CK_LAUNCH("rmsnorm (output)");
     if (!launch_matmul(m, outW, xb, nl, out, nullptr, 0)) return false;
   }
