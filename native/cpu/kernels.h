@@ -191,6 +191,39 @@ inline void dot4(const float* w, const float* x0, const float* x1, const float* 
   out[3] = s3;
 }
 
+// Register-blocked micro-kernel: out[c*ldo + r] = w_r · x_c for R weight rows (stride ldw) and C activation
+// rows (stride ldx): each loaded weight vector feeds C FMAs and each activation vector R.
+template <int R, int C>
+inline void dot_block(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t n, float* out,
+                      int64_t ldo) {
+  int64_t i = 0;
+  float s[R][C];
+#ifdef LETHE_AVX2
+  __m256 acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 xv[C];
+    for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
+    for (int r = 0; r < R; r++) {
+      const __m256 wv = _mm256_loadu_ps(w + r * ldw + i);
+      for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) s[r][c] = hsum256(acc[r][c]);
+#else
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) s[r][c] = 0.f;
+#endif
+  for (; i < n; i++) {
+    for (int r = 0; r < R; r++)
+      for (int c = 0; c < C; c++) s[r][c] += w[r * ldw + i] * x[c * ldx + i];
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) out[c * ldo + r] = s[r][c];
+}
+
 // y[i] += a * x[i]
 inline void axpy(float* y, const float* x, float a, int64_t n) {
   int64_t i = 0;

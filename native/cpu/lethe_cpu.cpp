@@ -7,6 +7,7 @@
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -38,8 +39,10 @@ int fail(const char* fmt, ...) {
   return 1;
 }
 
-// Multiply-adds below which a matmul / attention runs on one thread.
-const double kParallelWork = 1 << 20;
+// Multiply-adds below which a matmul / attention runs on one thread (~1 ms of one core: a fork/join on a
+// busy 2-core machine can cost that much; tiny models such as stories260K then never thread).
+// LETHE_PARALLEL_WORK (read at lethe_model_create) overrides it.
+const double kParallelWork = 1 << 23;
 
 // A weight matrix [rows x cols] in its storage type (F32, F16, Q8_0 or Q4_0).
 struct Mat {
@@ -85,28 +88,40 @@ inline const float* row_f32(const Mat& W, int64_t r, float* buf) {
   return buf;
 }
 
-// Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N).
+// Rows [r0, r1) of W as f32: pointer into W (F32) or rows converted into `buf` (row stride cols).
+inline const float* rows_f32(const Mat& W, int64_t r0, int64_t nr, float* buf) {
+  if (W.type == LETHE_TYPE_F32) return (const float*)W.row(r0);
+  for (int64_t i = 0; i < nr; i++) row_f32(W, r0 + i, buf + i * W.cols);
+  return buf;
+}
+
+// Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N), 4 weight rows x 3 activation rows at a time.
 void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy, int64_t r0, int64_t r1,
                  float* buf) {
   const int64_t cols = W.cols;
-  float tmp[4];
-  for (int64_t r = r0; r < r1; r++) {
-    const float* w = row_f32(W, r, buf);
+  int64_t r = r0;
+  if (N == 1) {  // decode: one sequential stream per row is faster than 4 interleaved ones
+    for (; r < r1; r++) Y[r] = dot1(rows_f32(W, r, 1, buf), X, cols);
+    return;
+  }
+  for (; r + 4 <= r1; r += 4) {
+    const float* w = rows_f32(W, r, 4, buf);
     int64_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-      const float* x = X + n * cols;
-      dot4(w, x, x + cols, x + 2 * cols, x + 3 * cols, cols, tmp);
-      Y[n * ldy + r] = tmp[0];
-      Y[(n + 1) * ldy + r] = tmp[1];
-      Y[(n + 2) * ldy + r] = tmp[2];
-      Y[(n + 3) * ldy + r] = tmp[3];
-    }
+    for (; n + 3 <= N; n += 3) dot_block<4, 3>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+    for (; n < N; n++) dot_block<4, 1>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+  }
+  for (; r < r1; r++) {
+    const float* w = rows_f32(W, r, 1, buf);
+    int64_t n = 0;
+    for (; n + 3 <= N; n += 3) dot_block<1, 3>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
     for (; n < N; n++) Y[n * ldy + r] = dot1(w, X + n * cols, cols);
   }
 }
 
+double g_parallel_work = kParallelWork;
+
 int threads_for(int max_threads, double work, int64_t units) {
-  if (max_threads <= 1 || work < kParallelWork || units < 2) return 1;
+  if (max_threads <= 1 || work < g_parallel_work || units < 2) return 1;
   return (int)std::min<int64_t>(max_threads, units);
 }
 
@@ -115,16 +130,16 @@ void matmul(int max_threads, const Mat& W, const float* X, int64_t N, float* Y) 
   const int nt = threads_for(max_threads, (double)W.rows * (double)W.cols * (double)N, W.rows / 8);
   if (nt <= 1) {
     thread_local std::vector<float> buf;
-    if ((int64_t)buf.size() < W.cols) buf.resize(W.cols);
+    if ((int64_t)buf.size() < 4 * W.cols) buf.resize(4 * W.cols);
     matmul_rows(W, X, N, Y, W.rows, 0, W.rows, buf.data());
     return;
   }
 #pragma omp parallel num_threads(nt)
   {
     thread_local std::vector<float> buf;
-    if ((int64_t)buf.size() < W.cols) buf.resize(W.cols);
+    if ((int64_t)buf.size() < 4 * W.cols) buf.resize(4 * W.cols);
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t chunk = (W.rows + T - 1) / T;
+    const int64_t chunk = ((W.rows + T - 1) / T + 3) / 4 * 4;
     const int64_t r0 = std::min(W.rows, (int64_t)t * chunk), r1 = std::min(W.rows, r0 + chunk);
     matmul_rows(W, X, N, Y, W.rows, r0, r1, buf.data());
   }
@@ -290,6 +305,11 @@ lethe_model* lethe_model_create(const lethe_config* cfg) {
   if (!m) return fail("model_create: out of memory"), nullptr;
   m->cfg = c;
   m->max_threads = c.max_threads > 0 ? c.max_threads : omp_get_max_threads();
+  {  // process-wide: the last created model's setting applies
+    const char* pw = getenv("LETHE_PARALLEL_WORK");
+    const double v = pw ? atof(pw) : -1;
+    g_parallel_work = v >= 0 ? v : kParallelWork;
+  }
   m->kv_dim = c.n_kv_heads * c.head_dim;
   m->q_dim = c.n_heads * c.head_dim;
   m->layers.resize(c.n_layers);

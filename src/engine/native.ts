@@ -133,6 +133,11 @@ export function loadNativeLibrary(path: string): LetheLib {
   } catch {
     throw new Error(`native library not found: ${path} (run \`deno task build:native\`)`);
   }
+  // libgomp reads its settings when it is loaded: keep idle OpenMP workers from spinning for long between
+  // parallel regions (they would steal the core the calling thread needs), unless the user chose otherwise.
+  if (!Deno.env.get("OMP_WAIT_POLICY") && !Deno.env.get("GOMP_SPINCOUNT")) {
+    Deno.env.set("GOMP_SPINCOUNT", "20000");
+  }
   let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
   try {
     lib = Deno.dlopen(path, SYMBOLS);
