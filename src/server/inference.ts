@@ -123,7 +123,7 @@ export class Inference {
         newTokens = p.input.text.length > 0 ? tok.encode(p.input.text, { addBos: bos() }) : [];
       } else {
         const msgs = p.input.messages;
-        const stored = turn?.meta.messages ?? [];
+        const stored = turn?.messages ?? [];
         if (turn && stored.length > 0 && sameMessage(msgs[0], stored[0])) {
           // The client sent the whole conversation: reuse the stored cache if it is a prefix of it.
           const isPrefix = msgs.length > stored.length && stored.every((m, i) => sameMessage(m, msgs[i]));

@@ -1,8 +1,9 @@
 /**
  * Session service: create / inspect / delete sessions and run the load → resume → commit cycle of a turn.
  *
- * A session record in the store holds the snapshot blob (codec: pruned KV cache + token history + policy and
- * sampler state) and a small JSON meta (owner hash, policy, turn count, token history, chat messages, stats).
+ * A session record in the store holds a blob (session/bundle.ts: the history — token ids and chat messages —
+ * and the snapshot: pruned KV cache, policy and sampler state, each checksummed) and a small JSON meta
+ * (owner hash, policy, turn count, stats) that stays small however long the conversation grows.
  *
  * - Ownership: a session belongs to the hash of the API key that created it; another key gets 404 (the id's
  *   existence is not revealed).
@@ -12,7 +13,8 @@
  * - Determinism: every turn resumes from the decoded stored snapshot (never from the live f32 state), so the
  *   cache a turn starts from is exactly what a restore on another instance or after a restart gives.
  * - Damage: if the blob fails its checksum / is malformed or was made by another model (fingerprint), the cache
- *   is rebuilt by re-prefilling the token history kept in meta (nothing is lost) and the event is logged.
+ *   is rebuilt by re-prefilling the token history from the bundle's own checksummed section (nothing is lost)
+ *   and the event is logged.
  */
 import {
   decodeSnapshot,
@@ -34,6 +36,7 @@ import type { Sequence } from "../engine/sequence.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { ChatMessage } from "./chat_prompt.ts";
 import { ApiError, badRequest, notFound } from "./errors.ts";
+import { decodeBundle, encodeBundle } from "../session/bundle.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
 
@@ -43,10 +46,8 @@ export interface SessionMeta {
   owner: string;
   policy: { name: string; params: Record<string, unknown> };
   turns: number;
-  /** Whole token history (also inside the blob; kept here so a damaged blob can be rebuilt). */
-  tokens: number[];
-  /** Chat conversation so far (chat turns), for full-history prefix matching. */
-  messages: ChatMessage[];
+  /** Length of the token history (the history itself is a checksummed section of the blob: bundle.ts). */
+  tokenCount: number;
   keptPerLayer: number[];
   kvBytes: number;
   storedBytes: number;
@@ -82,6 +83,8 @@ export interface TurnState {
   policy: KVPolicy;
   /** History; tokens.slice(kv.nextPos) are pending. */
   tokens: number[];
+  /** Chat conversation so far (chat turns), for full-history prefix matching. */
+  messages: ChatMessage[];
   sampler?: Record<string, unknown>;
   /** Why the cache was rebuilt from history, if it was. */
   rebuilt: string | null;
@@ -167,8 +170,7 @@ export class SessionService {
       owner,
       policy,
       turns: 0,
-      tokens: [],
-      messages: [],
+      tokenCount: 0,
       keptPerLayer: new Array(this.model.config.nLayers).fill(0),
       kvBytes: 0,
       storedBytes: 0,
@@ -218,7 +220,7 @@ export class SessionService {
       created: Math.floor(meta.createdAt / 1000),
       updated: Math.floor(meta.updatedAt / 1000),
       turns: meta.turns,
-      tokens: meta.tokens.length,
+      tokens: meta.tokenCount,
       kv_policy: { name: meta.policy.name, ...meta.policy.params },
       kv: {
         kept_per_layer: meta.keptPerLayer,
@@ -277,28 +279,50 @@ export class SessionService {
       let tokens: number[] = [];
       let sampler: Record<string, unknown> | undefined;
       let rebuilt: string | null = null;
-      if (meta.turns > 0 && rec.blob.length > 0) {
+      let messages: ChatMessage[] = [];
+      if (meta.turns > 0) {
+        const bundle = decodeBundle(rec.blob);
+        if (bundle.history) messages = bundle.history.messages as ChatMessage[];
         try {
-          const snap = decodeSnapshot(rec.blob, { fingerprint: this.model.fingerprint });
+          const snap = decodeSnapshot(bundle.snapshot, { fingerprint: this.model.fingerprint });
           kv.loadFrom(snap.kv);
           policy.importState(snap.policy.state, kv);
           tokens = snap.tokens;
           sampler = snap.sampler;
+          if (!bundle.history) {
+            // The history section is damaged but the cache is intact: its token history carries on; the chat
+            // transcript is lost, so a resent full history is then treated as new messages.
+            log.warn(
+              { session: id, err: bundle.historyError },
+              "session history section damaged; using the cache's",
+            );
+          }
         } catch (e) {
+          if (!bundle.history) {
+            throw new ApiError(
+              500,
+              "server_error",
+              `Session '${id}' is damaged beyond repair in the store (history: ${bundle.historyError}; cache: ${
+                (e as Error).message
+              }).`,
+              "session_id",
+              "session_corrupted",
+            );
+          }
           const reason = e instanceof SnapshotError ? e.code : "restore_failed";
           rebuilt = reason;
           this.metrics.cacheRebuilds.inc({ reason });
           log.warn(
-            { session: id, reason, err: (e as Error).message, tokens: meta.tokens.length },
+            { session: id, reason, err: (e as Error).message, tokens: bundle.history.tokens.length },
             "stored session cache unusable; rebuilding it by re-prefilling the token history",
           );
           kv.free();
           kv = this.backend.createKV();
           policy = this.newPolicy(meta.policy);
-          tokens = [...meta.tokens];
+          tokens = [...bundle.history.tokens];
         }
       }
-      return { id, meta, version: rec.version, kv, policy, tokens, sampler, rebuilt, release };
+      return { id, meta, version: rec.version, kv, policy, tokens, messages, sampler, rebuilt, release };
     } catch (e) {
       await release();
       throw e;
@@ -322,15 +346,15 @@ export class SessionService {
       sampler: seq.sampler.getState(),
       meta: { turns: turn.meta.turns + 1 },
     }, { kvPrecision: this.opts.precision });
+    const blob = encodeBundle({ tokens: seq.tokens, messages: messages ?? turn.messages }, enc.bytes);
     const st = seq.stats();
     const meta: SessionMeta = {
       ...turn.meta,
       turns: turn.meta.turns + 1,
-      tokens: [...seq.tokens],
-      messages: messages ?? turn.meta.messages,
+      tokenCount: seq.tokens.length,
       keptPerLayer: st.keptPerLayer,
       kvBytes: st.kvBytes,
-      storedBytes: enc.encodedBytes,
+      storedBytes: blob.length,
       pruneRounds: turn.meta.pruneRounds + st.pruneRounds,
       precision: this.opts.precision,
       updatedAt: Date.now(),
@@ -344,7 +368,7 @@ export class SessionService {
       updatedAt: meta.updatedAt,
       turns: meta.turns,
       version: turn.version + 1,
-      blob: enc.bytes,
+      blob,
       info: meta as unknown as Record<string, unknown>,
     };
     const ok = await this.metrics.timeStore("put", () => this.store.put(rec, turn.version));
@@ -357,8 +381,8 @@ export class SessionService {
         "session_conflict",
       );
     }
-    log.debug({ session: turn.id, bytes: enc.encodedBytes, ms: performance.now() - t0 }, "session committed");
-    return { storedBytes: enc.encodedBytes };
+    log.debug({ session: turn.id, bytes: blob.length, ms: performance.now() - t0 }, "session committed");
+    return { storedBytes: blob.length };
   }
 }
 
