@@ -456,6 +456,42 @@ Deno.test({
 // ---------- the same kernels on the host emulator (runs without a GPU) ----------
 
 /**
+ * A prefill long enough to run on native.ts's worker thread (nonblocking FFI) agrees with ts; bad input is a
+ * clear error (also from the worker thread) and leaves the cache usable.
+ */
+async function longPrefillAndErrors(path: string): Promise<void> {
+  const model = await loadModel(STORIES);
+  const { config } = model;
+  const gpu = await openCudaBackend(config, model.weights, { path });
+  const ts = createTsBackend(config, model.weights);
+  try {
+    const text = "Lily and Ben went to the park. They saw a big dog. The dog was happy and ran to them.";
+    const ids = model.tokenizer.encode(text, { addBos: true });
+    assert.ok(ids.length >= 20, `prompt of ${ids.length} tokens`);
+    const scores = { decay: 0.95, window: 7 };
+    const kg = gpu.createKV(), kt = ts.createKV();
+    const [og] = await gpu.forward([{ kv: kg, tokens: ids, logits: "all", scores }]);
+    const [ot] = await ts.forward([{ kv: kt, tokens: ids, logits: "all", scores }]);
+    assertStep(og, ot, config.nHeads, "long prefill");
+
+    const bad = [...ids.slice(0, 24), config.vocabSize];
+    await assert.rejects(
+      () => gpu.forward([{ kv: gpu.createKV(), tokens: bad, logits: "last" }]),
+      new RegExp(`token id ${config.vocabSize} out of range`),
+    );
+    assert.throws(() => kg.compact(0, Int32Array.from([2, 1])), /strictly ascending/);
+    assert.throws(() => kg.compact(1, Int32Array.from([0, ids.length])), /strictly ascending/);
+    assert.equal(kg.length(0), ids.length);
+    const [og2] = await gpu.forward([{ kv: kg, tokens: [5], logits: "last", scores }]);
+    const [ot2] = await ts.forward([{ kv: kt, tokens: [5], logits: "last", scores }]);
+    assertStep(og2, ot2, config.nHeads, "after rejected input");
+    kg.free();
+  } finally {
+    gpu.dispose();
+  }
+}
+
+/**
  * Compiles native/cuda/lethe_cuda.cu with g++ against native/cuda/emu/cuda_emu.h (CUDA threads as fibers,
  * __syncthreads and warp shuffles emulated; 64-thread blocks, so multi-warp reductions are exercised) into a
  * temporary library. Returns its path, or why it could not be built.
@@ -469,6 +505,8 @@ async function buildEmulated(): Promise<{ path?: string; error?: string }> {
     "c++",
     "-DLETHE_EMU",
     "-DLETHE_BLOCK_OVERRIDE=64",
+    // A 200-float attention budget: a step's rows are split into many chunks (multi-chunk attention + scores).
+    "-DLETHE_ATT_BUDGET_FLOATS=200",
     "-fPIC",
     "-shared",
   ];
@@ -509,5 +547,6 @@ Deno.test({
       { type: GGMLType.Q4_0, rope: "interleaved" },
     ], 2);
     await batchAndCompaction(path);
+    await longPrefillAndErrors(path);
   },
 });

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <mutex>
 #include <new>
 #include <string>
 #include <unordered_set>
@@ -28,7 +29,10 @@ using namespace lethe_cuda;
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 
-static thread_local std::string g_error;
+// The last error of any thread (like the CPU library): src/engine/native.ts runs long forwards on a worker
+// thread (nonblocking FFI) and reads lethe_last_error from the JS thread afterwards.
+static std::mutex g_error_mu;
+static std::string g_error;
 
 static void set_error(const char* fmt, ...) {
   char buf[1024];
@@ -36,6 +40,7 @@ static void set_error(const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
+  std::lock_guard<std::mutex> lock(g_error_mu);
   g_error = buf;
 }
 
@@ -677,7 +682,12 @@ extern "C" LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv) {
 // Forward
 
 static const int64_t MAX_ROWS = 1 << 18;                 // tokens per forward (matmul grid.y limit is 65535·8)
-static const int64_t ATT_BUDGET_FLOATS = (int64_t)1 << 24;  // attention probabilities held per chunk (64 MiB)
+// Attention probabilities held per chunk of rows (64 MiB); the emulator test builds with a tiny budget so that
+// multi-chunk attention and the score accumulation across chunks are exercised.
+#ifndef LETHE_ATT_BUDGET_FLOATS
+#define LETHE_ATT_BUDGET_FLOATS ((int64_t)1 << 24)
+#endif
+static const int64_t ATT_BUDGET_FLOATS = LETHE_ATT_BUDGET_FLOATS;
 
 static bool launch_matmul(lethe_model* m, const DevTensor& W, const float* x, int n, float* y, const float* bias,
                           int accumulate) {
@@ -1023,7 +1033,12 @@ extern "C" LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_
 // ---------------------------------------------------------------------------------------------------------
 // Info
 
-extern "C" LETHE_API const char* lethe_last_error(void) { return g_error.c_str(); }
+extern "C" LETHE_API const char* lethe_last_error(void) {
+  static thread_local std::string copy;  // stable for the caller until its next call
+  std::lock_guard<std::mutex> lock(g_error_mu);
+  copy = g_error;
+  return copy.c_str();
+}
 
 extern "C" LETHE_API int32_t lethe_device_count(void) { return device_count_or_error(); }
 
