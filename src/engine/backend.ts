@@ -8,6 +8,18 @@ import type { SequenceKV } from "../kv/cache.ts";
 export type BackendName = "ts" | "native" | "webgpu" | "cuda";
 
 /**
+ * Element precision of the KV cache a backend keeps. With "f16" every K/V value is rounded to IEEE half
+ * precision when it enters the cache (stored as f16 where the backend can, halving KV memory and bandwidth),
+ * so a session snapshot stored at f16 is bit-exact relative to the live cache.
+ */
+export type KVPrecision = "f32" | "f16";
+
+export interface BackendOptions {
+  /** Default "f32". */
+  kvPrecision?: KVPrecision;
+}
+
+/**
  * What attention scores a step should report, per layer, for every cached token (after this step's tokens
  * are appended). For the T new tokens of a step, query t (0-based) contributes with weight
  * `decay^(T-1-t)` if it is among the last `window` queries of the step, else 0; a query's contribution to
@@ -42,6 +54,8 @@ export interface Backend {
   readonly config: ModelConfig;
   /** A human-readable description (device, threads, weight types). */
   readonly description: string;
+  /** Precision of the KV caches this backend creates. */
+  readonly kvPrecision: KVPrecision;
   /** An empty KV cache for a new sequence, owned by this backend. */
   createKV(): SequenceKV;
   /**

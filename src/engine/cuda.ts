@@ -6,10 +6,13 @@
  * Where the library is missing, or loads but finds no CUDA device/driver, `openCudaBackend` rejects with an
  * Error whose message says so ("no CUDA device: <CUDA's reason>"), so `auto` selection can fall back.
  */
+import type { KVPrecision } from "./backend.ts";
 import type { ModelConfig, ModelWeights } from "../model/types.ts";
 import { type NativeBackend, nativeLibraryPath, openNativeBackend, probeNativeLibrary } from "./native.ts";
 
 export interface CudaOptions {
+  /** KV element precision (see BackendOptions). */
+  kvPrecision?: KVPrecision;
   /** CUDA device ordinal (default 0). */
   device?: number;
   /** Explicit path of liblethe_cuda.so (default: env LETHE_CUDA_LIB, else native/build of this repo). */

@@ -8,7 +8,7 @@
  * The dlopen'd library is never closed: with OpenMP worker threads alive, Deno crashes at exit if it is.
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, BackendName, StepInput, StepOutput } from "./backend.ts";
+import type { Backend, BackendName, KVPrecision, StepInput, StepOutput } from "./backend.ts";
 import { HostKVCache, type KVShape, type SequenceKV } from "../kv/cache.ts";
 import { GGMLType, type ModelConfig, type ModelWeights, type Tensor } from "../model/types.ts";
 import { dequantize } from "../model/ggml.ts";
@@ -104,6 +104,8 @@ const ASYNC_WORK = 4e6;
 export type NativeLibKind = "cpu" | "cuda";
 
 export interface NativeOptions {
+  /** KV element precision (only "f32" so far). */
+  kvPrecision?: KVPrecision;
   /** Which library of native/build to load (default "cpu"). */
   lib?: NativeLibKind;
   /** Explicit library path (overrides `lib` and LETHE_NATIVE_LIB). */
@@ -275,6 +277,8 @@ export class NativeBackend implements Backend {
   readonly name: BackendName;
   readonly config: ModelConfig;
   readonly description: string;
+  /** f32 until the library stores f16 KV rows (openNativeBackend rejects "f16" meanwhile). */
+  readonly kvPrecision: KVPrecision = "f32";
   readonly libraryPath: string;
   #lib: LetheLib;
   #model: Deno.PointerValue;
@@ -445,6 +449,9 @@ export function openNativeBackend(
   opts: NativeOptions = {},
 ): NativeBackend {
   const kind = opts.lib ?? "cpu";
+  if ((opts.kvPrecision ?? "f32") !== "f32") {
+    throw new Error(`${kind} backend: f16 KV cache not supported yet`);
+  }
   const path = opts.path ?? Deno.env.get("LETHE_NATIVE_LIB") ?? nativeLibraryPath(kind);
   const lib = loadNativeLibrary(path);
   const devices = lib.lethe_device_count();

@@ -2,7 +2,7 @@
  * Backend selection: `--backend auto|ts|native|webgpu|cuda`. `auto` tries the fastest backends first and
  * explains its choice (and why the faster ones were passed over) in `reason`.
  */
-import type { Backend, BackendName } from "./backend.ts";
+import type { Backend, BackendName, BackendOptions } from "./backend.ts";
 import type { ModelConfig, ModelWeights } from "../model/types.ts";
 import { createTsBackend } from "./ts/backend.ts";
 
@@ -19,21 +19,21 @@ interface ModelLike {
   weights: ModelWeights;
 }
 
-async function openNamed(name: BackendName, m: ModelLike): Promise<Backend> {
+async function openNamed(name: BackendName, m: ModelLike, opts: BackendOptions): Promise<Backend> {
   switch (name) {
     case "ts":
-      return createTsBackend(m.config, m.weights);
+      return createTsBackend(m.config, m.weights, opts);
     case "native": {
       const { openNativeBackend } = await import("./native.ts");
-      return await openNativeBackend(m.config, m.weights, { lib: "cpu" });
+      return await openNativeBackend(m.config, m.weights, { ...opts, lib: "cpu" });
     }
     case "cuda": {
       const { openCudaBackend } = await import("./cuda.ts");
-      return await openCudaBackend(m.config, m.weights);
+      return await openCudaBackend(m.config, m.weights, opts);
     }
     case "webgpu": {
       const { openWebGPUBackend } = await import("./webgpu/backend.ts");
-      return await openWebGPUBackend(m.config, m.weights);
+      return await openWebGPUBackend(m.config, m.weights, opts);
     }
   }
 }
@@ -57,24 +57,31 @@ async function hardwareGpu(): Promise<string | null> {
   }
 }
 
-export async function openBackend(m: ModelLike, choice: BackendChoice = "auto"): Promise<OpenedBackend> {
+export async function openBackend(
+  m: ModelLike,
+  choice: BackendChoice = "auto",
+  opts: BackendOptions = {},
+): Promise<OpenedBackend> {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw new Error(`unknown backend "${choice}" (choose one of ${BACKEND_CHOICES.join(", ")})`);
   }
   if (choice !== "auto") {
-    return { backend: await openNamed(choice, m), reason: `requested --backend ${choice}` };
+    return { backend: await openNamed(choice, m, opts), reason: `requested --backend ${choice}` };
   }
   const passed: string[] = [];
   const first = (e: unknown) => String((e as Error)?.message ?? e).split("\n")[0];
   try {
-    return { backend: await openNamed("cuda", m), reason: "auto: a CUDA device is available" };
+    return { backend: await openNamed("cuda", m, opts), reason: "auto: a CUDA device is available" };
   } catch (e) {
     passed.push(`cuda: ${first(e)}`);
   }
   const gpu = await hardwareGpu();
   if (gpu) {
     try {
-      return { backend: await openNamed("webgpu", m), reason: `auto: hardware WebGPU adapter (${gpu})` };
+      return {
+        backend: await openNamed("webgpu", m, opts),
+        reason: `auto: hardware WebGPU adapter (${gpu})`,
+      };
     } catch (e) {
       passed.push(`webgpu: ${first(e)}`);
     }
@@ -83,7 +90,7 @@ export async function openBackend(m: ModelLike, choice: BackendChoice = "auto"):
   }
   try {
     return {
-      backend: await openNamed("native", m),
+      backend: await openNamed("native", m, opts),
       reason: `auto: native CPU library (${passed.join("; ")})`,
     };
   } catch (e) {

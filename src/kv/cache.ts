@@ -29,7 +29,7 @@ export interface SequenceKV {
    * Order is preserved.
    */
   compact(layer: number, keep: Int32Array): void;
-  /** Bytes of K/V actually held for the kept tokens (not capacity). */
+  /** Bytes of K/V actually held for the kept tokens (not capacity), at the cache's element precision. */
   bytes(): number;
   /** A host-memory snapshot (for persistence and cross-backend checks). */
   toHost(): HostKVCache;
@@ -44,6 +44,11 @@ const MIN_CAPACITY = 16;
 export class HostKVCache implements SequenceKV {
   readonly shape: KVShape;
   readonly kvDim: number;
+  /**
+   * "f16": values are rounded to half precision as they are appended (the arrays stay Float32Array, every
+   * value exactly representable in f16) and bytes() counts 2 bytes per element.
+   */
+  readonly precision: "f32" | "f16";
   nextPos = 0;
   /** Per layer K rows: [capacity × kvDim], rows 0..len-1 valid. */
   k: Float32Array[];
@@ -54,8 +59,9 @@ export class HostKVCache implements SequenceKV {
   /** Per layer number of valid rows. */
   len: Int32Array;
 
-  constructor(shape: KVShape, initialCapacity = MIN_CAPACITY) {
+  constructor(shape: KVShape, initialCapacity = MIN_CAPACITY, precision: "f32" | "f16" = "f32") {
     this.shape = { ...shape };
+    this.precision = precision;
     this.kvDim = shape.nKVHeads * shape.headDim;
     const cap = Math.max(1, initialCapacity);
     this.k = [];
@@ -104,8 +110,16 @@ export class HostKVCache implements SequenceKV {
   append(layer: number, k: Float32Array, v: Float32Array, position: number): void {
     this.reserve(layer, 1);
     const n = this.len[layer];
-    this.k[layer].set(k.subarray(0, this.kvDim), n * this.kvDim);
-    this.v[layer].set(v.subarray(0, this.kvDim), n * this.kvDim);
+    const K = this.k[layer], V = this.v[layer], o = n * this.kvDim;
+    if (this.precision === "f16") {
+      for (let i = 0; i < this.kvDim; i++) {
+        K[o + i] = Math.f16round(k[i]);
+        V[o + i] = Math.f16round(v[i]);
+      }
+    } else {
+      K.set(k.subarray(0, this.kvDim), o);
+      V.set(v.subarray(0, this.kvDim), o);
+    }
     this.pos[layer][n] = position;
     this.len[layer] = n + 1;
   }
@@ -133,7 +147,7 @@ export class HostKVCache implements SequenceKV {
   bytes(): number {
     let rows = 0;
     for (let l = 0; l < this.shape.nLayers; l++) rows += this.len[l];
-    return rows * this.kvDim * 2 * 4;
+    return rows * this.kvDim * 2 * (this.precision === "f16" ? 2 : 4);
   }
 
   /** Total cached rows over all layers. */
@@ -144,14 +158,18 @@ export class HostKVCache implements SequenceKV {
   }
 
   toHost(): HostKVCache {
-    const out = new HostKVCache(this.shape, 1);
+    const out = new HostKVCache(this.shape, 1, this.precision);
     out.loadFrom(this);
     return out;
   }
 
+  /** Loading into an f16 cache rounds the snapshot's values to f16 (exact when it came from one). */
   loadFrom(host: HostKVCache): void {
     const s = host.shape;
-    if (s.nLayers !== this.shape.nLayers || s.nKVHeads !== this.shape.nKVHeads || s.headDim !== this.shape.headDim) {
+    if (
+      s.nLayers !== this.shape.nLayers || s.nKVHeads !== this.shape.nKVHeads ||
+      s.headDim !== this.shape.headDim
+    ) {
       throw new Error(
         `KV shape mismatch: have ${JSON.stringify(this.shape)}, snapshot has ${JSON.stringify(s)}`,
       );
@@ -163,6 +181,12 @@ export class HostKVCache implements SequenceKV {
       this.k[l].set(host.k[l].subarray(0, n * this.kvDim));
       this.v[l] = new Float32Array(cap * this.kvDim);
       this.v[l].set(host.v[l].subarray(0, n * this.kvDim));
+      if (this.precision === "f16") {
+        for (let i = 0; i < n * this.kvDim; i++) {
+          this.k[l][i] = Math.f16round(this.k[l][i]);
+          this.v[l][i] = Math.f16round(this.v[l][i]);
+        }
+      }
       this.pos[l] = new Int32Array(cap);
       this.pos[l].set(host.pos[l].subarray(0, n));
       this.len[l] = n;

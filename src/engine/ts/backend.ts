@@ -5,7 +5,7 @@
  * Weights of any supported type are dequantized to f32 once at construction. The KV cache is a
  * HostKVCache; attention runs over each layer's kept rows with their original positions.
  */
-import type { Backend, StepInput, StepOutput } from "../backend.ts";
+import type { Backend, BackendOptions, KVPrecision, StepInput, StepOutput } from "../backend.ts";
 import { HostKVCache, type SequenceKV } from "../../kv/cache.ts";
 import type { LayerWeights, ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
 import { dequantize } from "../../model/ggml.ts";
@@ -32,7 +32,13 @@ function f32(t: Tensor): Float32Array {
 }
 
 /** out[r] = Σ_c w[r*cols + c] · x[c] for r < rows. */
-export function matvec(out: Float32Array, w: Float32Array, x: Float32Array, rows: number, cols: number): void {
+export function matvec(
+  out: Float32Array,
+  w: Float32Array,
+  x: Float32Array,
+  rows: number,
+  cols: number,
+): void {
   for (let r = 0; r < rows; r++) {
     let s = 0;
     const base = r * cols;
@@ -53,14 +59,16 @@ export class TsBackend implements Backend {
   readonly name = "ts" as const;
   readonly config: ModelConfig;
   readonly description: string;
+  readonly kvPrecision: KVPrecision;
   private readonly embd: Float32Array;
   private readonly out: Float32Array;
   private readonly outNorm: Float32Array;
   private readonly layers: F32Layer[];
   private readonly freqs: Float64Array;
 
-  constructor(config: ModelConfig, weights: ModelWeights) {
+  constructor(config: ModelConfig, weights: ModelWeights, opts: BackendOptions = {}) {
     this.config = config;
+    this.kvPrecision = opts.kvPrecision ?? "f32";
     this.embd = f32(weights.tokenEmbd);
     this.out = weights.output === weights.tokenEmbd ? this.embd : f32(weights.output);
     this.outNorm = f32(weights.outputNorm);
@@ -79,12 +87,17 @@ export class TsBackend implements Backend {
       wDown: f32(l.wDown),
     }));
     this.freqs = ropeFrequencies(config.headDim, config.ropeTheta);
-    this.description = `TypeScript reference (f32, ${config.nLayers} layers, dim ${config.dim})`;
+    this.description =
+      `TypeScript reference (f32 weights, ${this.kvPrecision} KV, ${config.nLayers} layers, dim ${config.dim})`;
   }
 
   createKV(): SequenceKV {
     const c = this.config;
-    return new HostKVCache({ nLayers: c.nLayers, nKVHeads: c.nKVHeads, headDim: c.headDim });
+    return new HostKVCache(
+      { nLayers: c.nLayers, nKVHeads: c.nKVHeads, headDim: c.headDim },
+      undefined,
+      this.kvPrecision,
+    );
   }
 
   forward(batch: StepInput[]): Promise<StepOutput[]> {
@@ -93,7 +106,9 @@ export class TsBackend implements Backend {
 
   private forwardOne(input: StepInput): StepOutput {
     const kv = input.kv;
-    if (!(kv instanceof HostKVCache)) throw new Error("ts backend: KV cache belongs to another backend");
+    if (!(kv instanceof HostKVCache) || kv.precision !== this.kvPrecision) {
+      throw new Error("ts backend: KV cache belongs to another backend");
+    }
     const c = this.config;
     const { dim, nHeads, nKVHeads, headDim, ffnDim, vocabSize } = c;
     const T = input.tokens.length;
@@ -132,9 +147,9 @@ export class TsBackend implements Backend {
         matvec(q, L.wq, xb, qDim, dim);
         matvec(k, L.wk, xb, kvDim, dim);
         matvec(v, L.wv, xb, kvDim, dim);
-        if (L.bq) for (let i = 0; i < qDim; i++) q[i] += L.bq[i];
-        if (L.bk) for (let i = 0; i < kvDim; i++) k[i] += L.bk[i];
-        if (L.bv) for (let i = 0; i < kvDim; i++) v[i] += L.bv[i];
+        if (L.bq) { for (let i = 0; i < qDim; i++) q[i] += L.bq[i]; }
+        if (L.bk) { for (let i = 0; i < kvDim; i++) k[i] += L.bk[i]; }
+        if (L.bv) { for (let i = 0; i < kvDim; i++) v[i] += L.bv[i]; }
         applyRope(q, nHeads, headDim, pos, this.freqs, c.ropeStyle);
         applyRope(k, nKVHeads, headDim, pos, this.freqs, c.ropeStyle);
         kv.append(l, k, v, pos);
@@ -199,6 +214,10 @@ export class TsBackend implements Backend {
   dispose(): void {}
 }
 
-export function createTsBackend(config: ModelConfig, weights: ModelWeights): Backend {
-  return new TsBackend(config, weights);
+export function createTsBackend(
+  config: ModelConfig,
+  weights: ModelWeights,
+  opts: BackendOptions = {},
+): Backend {
+  return new TsBackend(config, weights, opts);
 }

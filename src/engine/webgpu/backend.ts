@@ -11,7 +11,7 @@
  * rows whose logits were requested.
  */
 import type { ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
-import type { Backend, StepInput, StepOutput } from "../backend.ts";
+import type { Backend, KVPrecision, StepInput, StepOutput } from "../backend.ts";
 import { type Binding, F32, GpuKernels, StepRecorder } from "./kernels.ts";
 import { WebGPUKV } from "./kv.ts";
 import { destroyMatrix, type GpuMatrix, tensorToF32, uploadF32, uploadMatrix } from "./weights.ts";
@@ -19,6 +19,8 @@ import { destroyMatrix, type GpuMatrix, tensorToF32, uploadF32, uploadMatrix } f
 export { WebGPUKV } from "./kv.ts";
 
 export interface WebGPUBackendOptions {
+  /** KV element precision (only "f32" so far). */
+  kvPrecision?: KVPrecision;
   /** Use this adapter instead of requesting one. */
   adapter?: GPUAdapter;
   powerPreference?: GPUPowerPreference;
@@ -76,6 +78,9 @@ export async function openWebGPUBackend(
   weights: ModelWeights,
   opts: WebGPUBackendOptions = {},
 ): Promise<WebGPUBackend> {
+  if ((opts.kvPrecision ?? "f32") !== "f32") {
+    throw new Error("webgpu backend: f16 KV cache not supported yet");
+  }
   let adapter = opts.adapter ?? null;
   if (!adapter) {
     if (typeof navigator === "undefined" || !navigator.gpu) {
@@ -188,6 +193,8 @@ export class WebGPUBackend implements Backend {
   readonly name = "webgpu" as const;
   readonly config: ModelConfig;
   readonly description: string;
+  /** f32 until f16 KV buffers land (openWebGPUBackend rejects "f16" meanwhile). */
+  readonly kvPrecision: KVPrecision = "f32";
   readonly kernels: GpuKernels;
   readonly hostMirror: boolean;
   /** Bytes of weights on the GPU. */
