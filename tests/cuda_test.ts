@@ -12,7 +12,7 @@
  * nHeads absolute.
  */
 import assert from "node:assert/strict";
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
 import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
@@ -536,17 +536,21 @@ Deno.test({
   ignore: !emu.path,
   async fn() {
     const path = emu.path!;
-    const info = probeCuda(path);
-    assert.equal(info.devices, 1);
-    assert.match(info.info, /host emulator/);
-    await agreeStories(path, 6);
-    await agreeTypes(path, [
-      { type: GGMLType.F16, rope: "half" },
-      { type: GGMLType.BF16, rope: "interleaved" },
-      { type: GGMLType.Q8_0, rope: "half" },
-      { type: GGMLType.Q4_0, rope: "interleaved" },
-    ], 2);
-    await batchAndCompaction(path);
-    await longPrefillAndErrors(path);
+    try {
+      const info = probeCuda(path);
+      assert.equal(info.devices, 1);
+      assert.match(info.info, /host emulator/);
+      await agreeStories(path, 6);
+      await agreeTypes(path, [
+        { type: GGMLType.F16, rope: "half" },
+        { type: GGMLType.BF16, rope: "interleaved" },
+        { type: GGMLType.Q8_0, rope: "half" },
+        { type: GGMLType.Q4_0, rope: "interleaved" },
+      ], 2);
+      await batchAndCompaction(path);
+      await longPrefillAndErrors(path);
+    } finally {
+      await Deno.remove(dirname(path), { recursive: true }); // the loaded library stays mapped
+    }
   },
 });
