@@ -124,11 +124,25 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
   return results;
 }
 
-/** LETHE_CUDA_ARCH="sm_80,sm_89" overrides; default: nvcc's own default architecture. */
+/**
+ * Real GPU code for every architecture nvcc 13 still supports from Turing on (sm_75 is its minimum), plus
+ * compute_90 PTX so newer GPUs JIT-compile at first load. LETHE_CUDA_ARCH="80,90" narrows the list.
+ */
+export const CUDA_ARCHS = ["75", "80", "86", "89", "90", "120"];
+
 function nvccArchFlags(): string[] {
   const env = Deno.env.get("LETHE_CUDA_ARCH");
-  if (!env) return [];
-  return env.split(",").filter((a) => a.trim()).map((a) => `-arch=${a.trim()}`);
+  const archs = env
+    ? env.split(",").map((a) => a.trim().replace(/^(sm_|compute_)/, "")).filter(Boolean)
+    : CUDA_ARCHS;
+  for (const a of archs) {
+    if (!/^\d{2,3}[af]?$/.test(a)) {
+      throw new Error(`LETHE_CUDA_ARCH: "${a}" is not an architecture like 80 or sm_90`);
+    }
+  }
+  const flags = archs.flatMap((a) => ["-gencode", `arch=compute_${a},code=sm_${a}`]);
+  const ptx = env ? archs[archs.length - 1] : "90";
+  return [...flags, "-gencode", `arch=compute_${ptx},code=compute_${ptx}`];
 }
 
 if (import.meta.main) {
