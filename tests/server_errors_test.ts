@@ -198,7 +198,7 @@ Deno.test(
   async () => {
     const policy = { name: "full" };
     const turns = ["Once upon a time", "Then the dog said", "The end"];
-    const ref = await referenceTurns(policy, turns, 30);
+    const ref = await referenceTurns(policy, turns, 30, "f32");
     const srv = await start({ kvPrecision: "f32" });
     try {
       const id = (await post(srv.url, "/v1/sessions", { kv_policy: policy })).json.id;

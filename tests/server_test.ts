@@ -157,8 +157,9 @@ Deno.test(
   "sessions: 3 turns through session_id == one uninterrupted decode; later turns prefill only new tokens",
   opts,
   async () => {
-    const ref = await referenceTurns(PRUNING, TURNS, MAX);
-    for (const precision of ["f32", "f16"]) {
+    for (const precision of ["f32", "f16"] as const) {
+      // The uninterrupted decode runs with the live cache precision of the server under test.
+      const ref = await referenceTurns(PRUNING, TURNS, MAX, precision);
       const srv = await start({ kvPrecision: precision });
       try {
         const created = await post(srv.url, "/v1/sessions", { kv_policy: PRUNING });

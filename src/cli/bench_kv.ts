@@ -14,6 +14,7 @@ import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./common.ts";
 import { makeModel, SHAPES } from "./make_model.ts";
 import { loadModel, REPO_ROOT } from "../model/loader.ts";
 import { BACKEND_CHOICES, type BackendChoice, openBackend } from "../engine/select.ts";
+import type { KVPrecision } from "../engine/backend.ts";
 import { Sequence } from "../engine/sequence.ts";
 import { GREEDY } from "../engine/sampler.ts";
 import { createPolicy, type PolicySpec } from "../kv/policy.ts";
@@ -27,10 +28,12 @@ const USAGE = `usage: deno task bench:kv [options]
   --policies LIST     full,lethe,streaming,h2o,tova,snapkv,pyramidkv (default full,lethe,streaming,h2o,tova)
   --budget F          kept tokens per layer as a fraction of --tokens (default 0.25)
   --backend NAME      ${BACKEND_CHOICES.join("|")} (default native when built, else auto)
+  --kv f32|f16        KV cache element precision (default f16, like the server)
   --json FILE         also write the rows as JSON`;
 
 interface Row {
   policy: string;
+  kv_precision: KVPrecision;
   batch: number;
   tokens: number;
   seconds: number;
@@ -67,9 +70,10 @@ async function runOne(
   batch: number,
   tokens: number,
   budget: number,
+  kvPrecision: KVPrecision,
 ): Promise<Row> {
   const model = await loadModel(modelPath, { contextLength: Math.max(tokens + 64, 512) });
-  const { backend } = await openBackend(model, backendName);
+  const { backend } = await openBackend(model, backendName, { kvPrecision });
   const shape = { nLayers: model.config.nLayers, contextLength: model.config.contextLength };
   const seqs = Array.from({ length: batch }, (_, i) => {
     const s = new Sequence(backend, model.tokenizer, {
@@ -110,6 +114,7 @@ async function runOne(
   const policyMs = seqs.reduce((a, s) => a + s.policy.stats.pruneMs, 0);
   return {
     policy: name,
+    kv_precision: backend.kvPrecision,
     batch,
     tokens,
     seconds,
@@ -134,6 +139,7 @@ await runMain(async () => {
     policies: { type: "string" },
     budget: { type: "string" },
     backend: { type: "string" },
+    kv: { type: "string" },
     json: { type: "string" },
     "run-one": { type: "string" },
   }, USAGE);
@@ -145,10 +151,14 @@ await runMain(async () => {
   if (!BACKEND_CHOICES.includes(backendName)) {
     throw new UsageError(`--backend must be one of ${BACKEND_CHOICES.join(", ")}`);
   }
+  const kvPrecision = (f.kv ?? "f16") as KVPrecision;
+  if (kvPrecision !== "f32" && kvPrecision !== "f16") throw new UsageError("--kv must be f32 or f16");
 
   if (f["run-one"]) {
     const [modelPath, name, batch] = JSON.parse(f["run-one"]);
-    console.log(JSON.stringify(await runOne(modelPath, backendName, name, batch, tokens, budget)));
+    console.log(
+      JSON.stringify(await runOne(modelPath, backendName, name, batch, tokens, budget, kvPrecision)),
+    );
     return;
   }
   const batches = (f.batches ?? "1,16").split(",").map((b) => intFlag("batches", b, 1, 1));
@@ -169,7 +179,7 @@ await runMain(async () => {
     }
   }
   console.error(
-    `[bench:kv] ${modelPath}: ${tokens} decode steps, budget ${budget} tokens/layer (${budgetFrac}), backend ${backendName}`,
+    `[bench:kv] ${modelPath}: ${tokens} decode steps, budget ${budget} tokens/layer (${budgetFrac}), backend ${backendName}, KV ${kvPrecision}`,
   );
   const rows: Row[] = [];
   for (const batch of batches) {
@@ -185,6 +195,8 @@ await runMain(async () => {
           String(budgetFrac),
           "--backend",
           backendName,
+          "--kv",
+          kvPrecision,
           "--run-one",
           JSON.stringify([modelPath, name, batch]),
         ],
@@ -201,7 +213,7 @@ await runMain(async () => {
   console.log(
     `\nbench:kv — ${
       modelPath.split("/").pop()
-    }, ${tokens} decode steps/sequence, budget ${budget} tokens/layer, ${backendName}`,
+    }, ${tokens} decode steps/sequence, budget ${budget} tokens/layer, ${backendName}, KV ${kvPrecision}`,
   );
   console.log(
     "policy      batch   tok/s  ×full  ms/step (first→last eighth)  KV final MB  KV peak MB  −KV vs full  peak RSS MB  policy %",

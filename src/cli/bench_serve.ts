@@ -13,8 +13,11 @@
  *
  *   deno task bench:serve [--sessions 8] [--turns 4] [--new-tokens 48] [--policy SPEC]... [--probes 4]
  *                         [--model PATH] [--backend auto] [--text FILE] [--max-batch 16] [--json OUT]
+ *                         [--kv-precision f32|f16|int8]
  *
  * `--policy` is repeatable: a name (`lethe`) or a JSON spec (`{"name":"lethe","mode":"fixed","budget":64}`).
+ * `--kv-precision` (default f16, the server's default) is passed to the server: it sets the stored snapshot
+ * precision and the live KV cache precision (f32 → f32 cache; f16 and int8 → f16 cache).
  */
 import { parseArgs } from "node:util";
 import { dirname, resolve } from "node:path";
@@ -67,7 +70,7 @@ interface ServerProc {
 }
 
 async function startServer(
-  o: { model?: string; backend: string; maxBatch: number; dir: string },
+  o: { model?: string; backend: string; kvPrecision: string; maxBatch: number; dir: string },
 ): Promise<ServerProc> {
   const port = freePort();
   const args = [
@@ -84,6 +87,8 @@ async function startServer(
     o.backend,
     "--max-batch",
     String(o.maxBatch),
+    "--kv-precision",
+    o.kvPrecision,
     "--log-level",
     "warn",
   ];
@@ -512,6 +517,7 @@ async function main(args: string[]): Promise<number> {
       backend: { type: "string", default: "auto" },
       text: { type: "string", default: resolve(REPO_ROOT, "../shared/data/tinystories_val_dev.txt") },
       "max-batch": { type: "string", default: "16" },
+      "kv-precision": { type: "string", default: "f16" },
       json: { type: "string" },
     },
     strict: true,
@@ -533,13 +539,18 @@ async function main(args: string[]): Promise<number> {
     paragraphs: loadParagraphs(v.text),
   };
   const maxBatch = int("max-batch", v["max-batch"], 1, 1024);
+  const kvPrecision = v["kv-precision"];
+  if (!["f32", "f16", "int8"].includes(kvPrecision)) {
+    throw new BenchError(`--kv-precision must be f32, f16 or int8 (got ${kvPrecision})`);
+  }
   const dir = await Deno.makeTempDir({ prefix: "lethe-bench-serve-" });
   let server: ServerProc | null = null;
   try {
-    server = await startServer({ model: v.model, backend: v.backend, maxBatch, dir });
+    server = await startServer({ model: v.model, backend: v.backend, kvPrecision, maxBatch, dir });
     console.log(
       `bench:serve: ${server.url} backend=${server.backend}; ${cfg.sessions} sessions × ${cfg.turns} turns × ` +
-        `${cfg.newTokens} new tokens (greedy, streaming), max batch ${maxBatch}, Deno KV store in ${dir}`,
+        `${cfg.newTokens} new tokens (greedy, streaming), max batch ${maxBatch}, KV ${kvPrecision}, ` +
+        `Deno KV store in ${dir}`,
     );
     // Warm-up (JIT, allocator, store paths) so the first policy is not penalized.
     await runPolicy(server.url, {
@@ -567,7 +578,14 @@ async function main(args: string[]): Promise<number> {
         v.json,
         JSON.stringify(
           {
-            config: { ...cfg, paragraphs: undefined, text: v.text, maxBatch, backend: server.backend },
+            config: {
+              ...cfg,
+              paragraphs: undefined,
+              text: v.text,
+              maxBatch,
+              kvPrecision,
+              backend: server.backend,
+            },
             results: rows,
           },
           null,

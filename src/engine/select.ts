@@ -97,7 +97,7 @@ export async function openBackend(
     passed.push(`native: ${first(e)}`);
   }
   return {
-    backend: createTsBackend(m.config, m.weights),
+    backend: createTsBackend(m.config, m.weights, opts),
     reason: `auto: TypeScript reference (${passed.join("; ")})`,
   };
 }

@@ -23,12 +23,18 @@
  * | --rate-limit-burst    | LETHE_RATE_LIMIT_BURST     | 20                                        |
  * | --shutdown-deadline-ms| LETHE_SHUTDOWN_DEADLINE_MS | 10000                                     |
  * | --log-level           | LETHE_LOG_LEVEL            | info                                      |
+ *
+ * `--kv-precision` sets both the stored snapshot precision and the live cache's (`liveKVPrecision`): f32 → an
+ * f32 cache, f16 → an f16 cache (K/V rounded to f16 as they enter it), so a stored snapshot is bit-exact and a
+ * resumed session decodes exactly like an uninterrupted one. int8 storage uses an f16 cache and is lossy:
+ * resumes are then approximate.
  */
 import { parseArgs } from "node:util";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { parsePolicySpec } from "../kv/policy.ts";
+import type { KVPrecision as LiveKVPrecision } from "../engine/backend.ts";
 
 /** The repository root (two levels above this file). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -63,6 +69,14 @@ export const configSchema = z.object({
 });
 
 export type ServerConfig = z.infer<typeof configSchema>;
+
+/**
+ * The live KV cache precision the backend must use for a stored (`--kv-precision`) precision: the same for
+ * f32 and f16 (so a stored snapshot is exactly the live cache); f16 for int8 storage (lossy either way).
+ */
+export function liveKVPrecision(stored: ServerConfig["kvPrecision"]): LiveKVPrecision {
+  return stored === "f32" ? "f32" : "f16";
+}
 
 export class ConfigError extends Error {
   constructor(message: string) {

@@ -9,7 +9,7 @@ import { openBackend } from "../engine/select.ts";
 import type { Backend } from "../engine/backend.ts";
 import { Scheduler } from "../engine/scheduler.ts";
 import { openStore, type SessionStore } from "../session/store.ts";
-import type { ServerConfig } from "./config.ts";
+import { liveKVPrecision, type ServerConfig } from "./config.ts";
 import { type AppDeps, createApp } from "./app.ts";
 import { ApiKeys } from "./auth.ts";
 import { ChatRenderer } from "./chat_prompt.ts";
@@ -39,8 +39,15 @@ export interface StartOptions {
 export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
   const logger = opts.logger ?? createLogger(cfg.logLevel);
   const model = opts.model ?? await loadModel(cfg.model);
-  const opened = opts.backend ?? await openBackend(model, cfg.backend);
+  const kvPrecision = liveKVPrecision(cfg.kvPrecision);
+  const opened = opts.backend ?? await openBackend(model, cfg.backend, { kvPrecision });
   const backend = opened.backend;
+  if (backend.kvPrecision !== kvPrecision) {
+    // A live cache of another precision than the stored one would make resumed turns diverge silently.
+    throw new Error(
+      `kv precision ${cfg.kvPrecision} needs a backend with a ${kvPrecision} KV cache; the given ${backend.name} backend keeps ${backend.kvPrecision}`,
+    );
+  }
   const store = opts.store ?? await openStore(cfg.store);
   const metrics = new Metrics();
   const scheduler = new Scheduler(backend, {
@@ -114,6 +121,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
       store: store.kind,
       kvPolicy: cfg.kvPolicy,
       kvPrecision: cfg.kvPrecision,
+      liveKVPrecision: backend.kvPrecision,
       auth: deps.keys.enabled,
     },
     "lethe-edge listening",

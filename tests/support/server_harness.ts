@@ -2,11 +2,17 @@
 /** Test harness: real servers on loopback port 0 (in-process), a shared model/backend, a reference decoder. */
 import { type LoadedModel, loadModel } from "../../src/model/loader.ts";
 import { openBackend } from "../../src/engine/select.ts";
-import type { Backend } from "../../src/engine/backend.ts";
+import type { Backend, KVPrecision } from "../../src/engine/backend.ts";
 import { runSequence, Sequence } from "../../src/engine/sequence.ts";
 import { GREEDY } from "../../src/engine/sampler.ts";
 import { createPolicy, type PolicySpec } from "../../src/kv/policy.ts";
-import { buildConfig, REPO_ROOT, type ServerConfig } from "../../src/server/config.ts";
+import {
+  buildConfig,
+  defaultConfigValues,
+  liveKVPrecision,
+  REPO_ROOT,
+  type ServerConfig,
+} from "../../src/server/config.ts";
 import { type RunningServer, startServer } from "../../src/server/server.ts";
 import { createLogger } from "../../src/server/logger.ts";
 import { resolve } from "node:path";
@@ -15,19 +21,35 @@ export const MODEL_PATH = Deno.env.get("LETHE_MODEL") ??
   resolve(REPO_ROOT, "../shared/models/stories260K.gguf");
 export const PREFILL_CHUNK = 256;
 
-let shared: Promise<{ model: LoadedModel; backend: Backend; reason: string }> | null = null;
+/** The server's default stored KV precision (what `start()` and `referenceTurns` use unless told). */
+export const DEFAULT_KV_PRECISION = defaultConfigValues().kvPrecision as ServerConfig["kvPrecision"];
 
-export function sharedModel(): Promise<{ model: LoadedModel; backend: Backend; reason: string }> {
-  shared ??= (async () => {
-    const model = await loadModel(MODEL_PATH);
-    const { backend, reason } = await openBackend(model, "ts");
-    return { model, backend, reason };
-  })();
-  return shared;
+type Shared = { model: LoadedModel; backend: Backend; reason: string };
+let sharedLoaded: Promise<LoadedModel> | null = null;
+const sharedBackends = new Map<KVPrecision, Promise<Shared>>();
+
+/**
+ * The shared model and a ts backend whose live KV cache has the precision a server with stored precision
+ * `kvPrecision` uses (the same rule as the server: `liveKVPrecision`).
+ */
+export function sharedModel(
+  kvPrecision: ServerConfig["kvPrecision"] = DEFAULT_KV_PRECISION,
+): Promise<Shared> {
+  const live = liveKVPrecision(kvPrecision);
+  let s = sharedBackends.get(live);
+  if (!s) {
+    sharedLoaded ??= loadModel(MODEL_PATH);
+    s = (async () => {
+      const model = await sharedLoaded!;
+      const { backend, reason } = await openBackend(model, "ts", { kvPrecision: live });
+      return { model, backend, reason };
+    })();
+    sharedBackends.set(live, s);
+  }
+  return s;
 }
 
 export async function start(over: Partial<Record<keyof ServerConfig, unknown>> = {}): Promise<RunningServer> {
-  const { model, backend, reason } = await sharedModel();
   const cfg = buildConfig({
     model: MODEL_PATH,
     backend: "ts",
@@ -38,6 +60,7 @@ export async function start(over: Partial<Record<keyof ServerConfig, unknown>> =
     prefillPerStep: PREFILL_CHUNK,
     ...over,
   });
+  const { model, backend, reason } = await sharedModel(cfg.kvPrecision);
   return await startServer(cfg, {
     model,
     backend: { backend, reason },
@@ -47,14 +70,16 @@ export async function start(over: Partial<Record<keyof ServerConfig, unknown>> =
 
 /**
  * What one uninterrupted sequence produces for the given turns (greedy): turn i feeds encode(turns[i]) (BOS on
- * the first) after everything before it, in one live cache with one policy instance.
+ * the first) after everything before it, in one live cache with one policy instance. The cache has the live
+ * precision of a server configured with stored precision `kvPrecision` (default: the server's default).
  */
 export async function referenceTurns(
   policy: PolicySpec,
   turns: string[],
   maxTokens: number,
+  kvPrecision: ServerConfig["kvPrecision"] = DEFAULT_KV_PRECISION,
 ): Promise<string[]> {
-  const { model, backend } = await sharedModel();
+  const { model, backend } = await sharedModel(kvPrecision);
   const tok = model.tokenizer;
   const pol = createPolicy(policy, {
     nLayers: model.config.nLayers,
