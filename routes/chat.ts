@@ -19,7 +19,14 @@ import {
   ChatResponseSchema,
   errorResponses,
 } from "../src/server/schemas.ts";
-import { checkModel, randomId, samplingFrom, stopFrom, streamGeneration } from "../src/server/generation.ts";
+import {
+  checkModel,
+  finalChunks,
+  randomId,
+  samplingFrom,
+  stopFrom,
+  streamGeneration,
+} from "../src/server/generation.ts";
 import type { ChatMessage } from "../src/server/chat_prompt.ts";
 import { ApiError } from "../src/server/errors.ts";
 
@@ -99,15 +106,7 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
           ...base,
           choices: [{ index: 0, delta: { content: text }, finish_reason: null, logprobs: null }],
         }),
-        final: (r) => {
-          const out: unknown[] = [{
-            ...base,
-            ...(r.sessionId ? { session_id: r.sessionId } : {}),
-            choices: [{ index: 0, delta: {}, finish_reason: r.finishReason, logprobs: null }],
-          }];
-          if (includeUsage) out.push({ ...base, choices: [], usage: r.usage, kv: r.kv });
-          return out;
-        },
+        final: (r) => finalChunks(base, r, includeUsage, { delta: {} }),
       }) as never;
     }
     const started = await deps.inference.start({ ...params, signal: c.req.raw.signal });

@@ -13,7 +13,14 @@ import {
   CompletionResponseSchema,
   errorResponses,
 } from "../src/server/schemas.ts";
-import { checkModel, randomId, samplingFrom, stopFrom, streamGeneration } from "../src/server/generation.ts";
+import {
+  checkModel,
+  finalChunks,
+  randomId,
+  samplingFrom,
+  stopFrom,
+  streamGeneration,
+} from "../src/server/generation.ts";
 
 const route = createRoute({
   method: "post",
@@ -59,15 +66,7 @@ export function registerCompletions(app: OpenAPIHono<AppEnv>): void {
       const includeUsage = body.stream_options?.include_usage === true;
       return await streamGeneration(c, deps.inference, params, {
         chunk: (text) => ({ ...base, choices: [{ index: 0, text, finish_reason: null, logprobs: null }] }),
-        final: (r) => {
-          const out: unknown[] = [{
-            ...base,
-            ...(r.sessionId ? { session_id: r.sessionId } : {}),
-            choices: [{ index: 0, text: "", finish_reason: r.finishReason, logprobs: null }],
-          }];
-          if (includeUsage) out.push({ ...base, choices: [], usage: r.usage, kv: r.kv });
-          return out;
-        },
+        final: (r) => finalChunks(base, r, includeUsage, { text: "" }),
       }) as never;
     }
     const started = await deps.inference.start({ ...params, signal: c.req.raw.signal });

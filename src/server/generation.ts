@@ -130,3 +130,22 @@ export async function streamGeneration(
     },
   });
 }
+
+/**
+ * The closing SSE chunks of a stream: the choice carrying the finish reason (and the session id), then, with
+ * `stream_options.include_usage`, a chunk with no choices carrying usage and the KV stats (OpenAI's shape).
+ */
+export function finalChunks(
+  base: Record<string, unknown>,
+  r: GenerateResult,
+  includeUsage: boolean,
+  lastChoice: Record<string, unknown>,
+): unknown[] {
+  const out: unknown[] = [{
+    ...base,
+    ...(r.sessionId ? { session_id: r.sessionId } : {}),
+    choices: [{ index: 0, ...lastChoice, finish_reason: r.finishReason, logprobs: null }],
+  }];
+  if (includeUsage) out.push({ ...base, choices: [], usage: r.usage, kv: r.kv });
+  return out;
+}
