@@ -11,8 +11,9 @@
  *   return NULL on error. lethe_last_error() then describes the last error (process-wide, since calls may run on
  *   worker threads; never NULL).
  * - Matrices are row-major, outermost first: a linear layer `in -> out` is [out rows x in cols].
- * - A sequence's KV cache holds, per layer, rows of nKV*headDim floats for K (RoPE applied) and V, plus the
- *   original position of each row. Layers may hold different numbers of rows after compaction.
+ * - A sequence's KV cache holds, per layer, rows of nKV*headDim values for K (RoPE applied) and V, plus the
+ *   original position of each row; values are f32 or f16 (lethe_config.kv_type), always exchanged as f32.
+ *   Layers may hold different numbers of rows after compaction.
  * - Not thread-safe per handle: one forward at a time per model; a kv must be used by one forward at a time.
  */
 #ifndef LETHE_H
@@ -65,7 +66,8 @@ enum lethe_tensor_kind {
 #define LETHE_ROPE_INTERLEAVED 0 /* pairs (x[2i], x[2i+1]); llama.cpp NORM; llama2.c */
 #define LETHE_ROPE_HALF 1 /* pairs (x[i], x[i+d/2]); HF rotate_half; llama.cpp NEOX */
 
-/* Model hyper-parameters. All fields int32/float so the struct is 4-byte packed (13 x 4 = 52 bytes). */
+/* Model hyper-parameters. All fields int32/float so the struct is 4-byte packed (13 x 4 = 52 bytes).
+ * model_create rejects an unknown kv_type. */
 typedef struct lethe_config {
   int32_t dim;
   int32_t n_layers;
@@ -79,8 +81,18 @@ typedef struct lethe_config {
   int32_t rope_style; /* LETHE_ROPE_* */
   int32_t max_threads; /* 0 = library default (all cores); 1 = single-threaded */
   int32_t device; /* CUDA device ordinal; ignored by the CPU library */
-  int32_t reserved; /* 0 */
+  int32_t kv_type; /* LETHE_KV_*: element type of the KV cache rows (was `reserved`, 0 = f32) */
 } lethe_config;
+
+/*
+ * KV cache element types (lethe_config.kv_type).
+ * LETHE_KV_F16: K/V rows are stored as IEEE half (uint16), rounded from f32 with round-to-nearest-even (exactly
+ * like JS Math.f16round: overflow to +-inf, subnormals kept) when a row is appended by lethe_forward or
+ * written by lethe_kv_write. lethe_kv_read still returns f32 (exactly the stored f16 values) and
+ * lethe_kv_bytes counts 2 bytes per element. Attention reads the f16 rows (converted to f32 in registers).
+ */
+#define LETHE_KV_F32 0
+#define LETHE_KV_F16 1
 
 typedef struct lethe_model lethe_model;
 typedef struct lethe_kv lethe_kv;
@@ -118,11 +130,11 @@ LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* k
  */
 LETHE_API int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos);
 
-/* Replace a layer's contents with n rows in the same layout as lethe_kv_read. */
+/* Replace a layer's contents with n rows in the layout of lethe_kv_read (rounded to f16 with LETHE_KV_F16). */
 LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v,
                                  const int32_t* pos, int32_t n);
 
-/* Bytes of K/V held for the kept rows over all layers (not capacity). */
+/* Bytes of K/V held for the kept rows over all layers (not capacity): rows * kv_dim * 2 * (4 or 2). */
 LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv);
 
 /* ---- forward ---- */

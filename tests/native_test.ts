@@ -528,3 +528,132 @@ Deno.test({
     other.dispose();
   },
 });
+
+// ---------- f16 KV cache ----------
+
+/** Every stored value of a snapshot is an f16 value (exactly representable in half precision). */
+function assertF16Values(h: HostKVCache, what: string): void {
+  for (let l = 0; l < h.shape.nLayers; l++) {
+    const d = h.kvDim * h.len[l];
+    for (const a of [h.k[l], h.v[l]]) {
+      for (let i = 0; i < d; i++) {
+        if (a[i] !== Math.f16round(a[i])) {
+          assert.fail(`${what}: layer ${l} value ${a[i]} is not an f16 value`);
+        }
+      }
+    }
+  }
+}
+
+Deno.test({
+  name: "native: f16 KV cache matches ts f16 at every step of a 64-token decode (synthetic + stories260K)",
+  ignore,
+  async fn() {
+    const synth = synthModel({ rope: "half", bias: true, seed: 21, tied: false });
+    const models = [{ ...synth, prompt: randomTokens(new Rng(22), 9, synth.config.vocabSize) }];
+    const m = await loadOrSkip(STORIES);
+    if (m) {
+      models.push({
+        config: m.config,
+        weights: m.weights,
+        prompt: m.tokenizer.encode("Once upon a time, a little dog", { addBos: true }),
+      });
+    }
+    for (const { config, weights, prompt } of models) {
+      const nat = openNativeBackend(config, weights, { kvPrecision: "f16", threads: 1 });
+      assert.equal(nat.kvPrecision, "f16");
+      const ts = createTsBackend(config, weights, { kvPrecision: "f16" });
+      await compareDecode(nat, ts, prompt, 64 - prompt.length);
+      // The f16 cache really changes the numbers (the comparison above is not an f32 one in disguise).
+      const nat32 = openNativeBackend(config, weights, { threads: 1 });
+      const [a] = await nat.forward([{ kv: nat.createKV(), tokens: prompt, logits: "all" }]);
+      const [b] = await nat32.forward([{ kv: nat32.createKV(), tokens: prompt, logits: "all" }]);
+      assert.notDeepEqual(a.logits, b.logits);
+      nat32.dispose();
+      nat.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "native: f16 KV toHost/loadFrom round trips exactly, bytes halve, f32 snapshots are rounded on load",
+  ignore,
+  async fn() {
+    const { config, weights } = synthModel({ rope: "interleaved", bias: false, seed: 23, tied: true });
+    const nat = openNativeBackend(config, weights, { kvPrecision: "f16", threads: 1 });
+    const nat32 = openNativeBackend(config, weights, { threads: 1 });
+    const prompt = randomTokens(new Rng(24), 20, config.vocabSize);
+    const kn = nat.createKV(), k32 = nat32.createKV();
+    await nat.forward([{ kv: kn, tokens: prompt, logits: "none" }]);
+    await nat32.forward([{ kv: k32, tokens: prompt, logits: "none" }]);
+    kn.compact(1, Int32Array.from([0, 3, 4, 9, 19]));
+    k32.compact(1, Int32Array.from([0, 3, 4, 9, 19]));
+    assert.equal(kn.bytes() * 2, k32.bytes(), "f16 rows take half the bytes");
+    const host = kn.toHost();
+    assert.equal(host.precision, "f16");
+    assert.equal(host.bytes(), kn.bytes());
+    assertF16Values(host, "toHost");
+    // The f16 rows are the f32 rows rounded (same kernels up to the append).
+    const h32 = k32.toHost();
+    for (let l = 0; l < config.nLayers; l++) {
+      const d = host.kvDim * host.len[l];
+      let diff = 0;
+      for (let i = 0; i < d; i++) diff = Math.max(diff, Math.abs(host.k[l][i] - Math.f16round(h32.k[l][i])));
+      assert.ok(diff <= 1e-2, `layer ${l}: f16 K differs from rounded f32 K by ${diff}`);
+    }
+    // Round trip: write back, read again, bit-exact; decoding continues identically.
+    const back = nat.createKV();
+    back.loadFrom(host);
+    const again = back.toHost();
+    for (let l = 0; l < config.nLayers; l++) {
+      const d = host.kvDim * host.len[l];
+      assert.deepEqual(again.k[l].subarray(0, d), host.k[l].subarray(0, d));
+      assert.deepEqual(again.v[l].subarray(0, d), host.v[l].subarray(0, d));
+      assert.deepEqual(again.positions(l), host.positions(l));
+    }
+    assert.equal(back.bytes(), kn.bytes());
+    const [a] = await nat.forward([{ kv: kn, tokens: [7], logits: "last" }]);
+    const [b] = await nat.forward([{ kv: back, tokens: [7], logits: "last" }]);
+    assert.deepEqual(a.logits, b.logits);
+    // An f32 snapshot loaded into an f16 cache is rounded exactly like HostKVCache("f16").loadFrom.
+    const fromF32 = nat.createKV();
+    fromF32.loadFrom(h32);
+    const want = new HostKVCache(h32.shape, 1, "f16");
+    want.loadFrom(h32);
+    const got = fromF32.toHost();
+    for (let l = 0; l < config.nLayers; l++) {
+      const d = want.kvDim * want.len[l];
+      assert.deepEqual(got.k[l].subarray(0, d), want.k[l].subarray(0, d));
+      assert.deepEqual(got.v[l].subarray(0, d), want.v[l].subarray(0, d));
+    }
+    // Rounding edge cases through the library: ties to even, overflow to inf, subnormals, -0.
+    const kvd = config.nKVHeads * config.headDim;
+    const edge = [
+      1 + 2 ** -11, // tie: rounds down to 1 (even)
+      1 + 3 * 2 ** -11, // tie: rounds up to 1 + 2^-9
+      65519.99, // just below the inf threshold: 65504
+      65520, // overflows to inf
+      -70000,
+      2 ** -25, // tie at the smallest subnormal: rounds to 0
+      3 * 2 ** -25, // rounds up to 2^-23
+      1e-6,
+      -0,
+      Math.PI,
+      1 / 3,
+    ];
+    const row = new Float32Array(kvd);
+    for (let i = 0; i < kvd; i++) row[i] = edge[i % edge.length] * (i >= edge.length ? -1.5 : 1);
+    const e = new HostKVCache(host.shape, 1, "f32");
+    for (let l = 0; l < config.nLayers; l++) e.append(l, row, row, 0);
+    const ekv = nat.createKV();
+    ekv.loadFrom(e);
+    const eh = ekv.toHost();
+    for (let i = 0; i < kvd; i++) {
+      assert.ok(Object.is(eh.k[0][i], Math.f16round(row[i])), `f16(${row[i]}) = ${eh.k[0][i]}`);
+      assert.ok(Object.is(eh.v[2][i], Math.f16round(row[i])));
+    }
+    for (const kv of [kn, k32, back, fromF32, ekv]) kv.free();
+    nat.dispose();
+    nat32.dispose();
+  },
+});

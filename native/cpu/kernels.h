@@ -53,6 +53,42 @@ inline float f16_to_f32(uint16_t h) {
 #endif
 }
 
+// f32 -> IEEE half, round to nearest even (= JS Math.f16round): overflow to +-inf, subnormals kept, NaN quiet.
+inline uint16_t f32_to_f16(float f) {
+#ifdef LETHE_F16C
+  return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) return sign | 0x7c00 | (x > 0x7f800000u ? 0x200 | ((x >> 13) & 0x3ff) : 0);
+  if (x >= 0x477ff000u) return sign | 0x7c00;  // >= 65520 rounds to inf
+  if (x < 0x38800000u) {  // below 2^-14: f16 subnormal (or zero); the float add rounds at 2^-24 (RNE)
+    float a;
+    memcpy(&a, &x, 4);
+    a += 0.5f;
+    uint32_t b;
+    memcpy(&b, &a, 4);
+    return sign | (uint16_t)(b - 0x3f000000u);
+  }
+  const uint32_t odd = (x >> 13) & 1;
+  x += ((uint32_t)(15 - 127) << 23) + 0xfff + odd;
+  return sign | (uint16_t)(x >> 13);
+#endif
+}
+
+inline void f32_row_to_f16(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+#ifdef LETHE_F16C
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128((__m128i*)(dst + i), h);
+  }
+#endif
+  for (; i < n; i++) dst[i] = f32_to_f16(src[i]);
+}
+
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = (uint32_t)h << 16;
   float f;

@@ -156,6 +156,8 @@ struct lethe_model {
   lethe_config cfg;
   int max_threads = 1;
   int kv_dim = 0, q_dim = 0;
+  bool kv_f16 = false;  // K/V rows stored as IEEE half (cfg.kv_type == LETHE_KV_F16)
+  int kv_es = 4;  // bytes per stored K/V element
   Mat tok_embd, output;
   std::vector<float> out_norm;
   std::vector<Layer> layers;
@@ -168,9 +170,14 @@ struct lethe_model {
 struct lethe_kv {
   lethe_model* m;
   struct L {
-    std::vector<float> k, v;
+    // [capacity x kv_dim] elements of m->kv_es bytes (float or IEEE-half uint16).
+    std::vector<uint8_t> k, v;
     std::vector<int32_t> pos;
     int32_t len = 0;
+    const float* kf() const { return (const float*)k.data(); }
+    const float* vf() const { return (const float*)v.data(); }
+    const uint16_t* kh() const { return (const uint16_t*)k.data(); }
+    const uint16_t* vh() const { return (const uint16_t*)v.data(); }
   };
   std::vector<L> layers;
 };
@@ -181,13 +188,22 @@ void ensure(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-void reserve_rows(lethe_kv::L& L, int kv_dim, int64_t rows) {
+void reserve_rows(lethe_kv::L& L, int kv_dim, int es, int64_t rows) {
   if ((int64_t)L.pos.size() >= rows) return;
   int64_t cap = std::max<int64_t>(16, (int64_t)L.pos.size());
   while (cap < rows) cap *= 2;
-  L.k.resize((size_t)cap * kv_dim);
-  L.v.resize((size_t)cap * kv_dim);
+  L.k.resize((size_t)cap * kv_dim * es);
+  L.v.resize((size_t)cap * kv_dim * es);
   L.pos.resize((size_t)cap);
+}
+
+// Stores n f32 values at element offset `at` of a K or V buffer (rounded to f16 when the cache is f16).
+inline void kv_store(std::vector<uint8_t>& dst, bool f16, size_t at, const float* src, size_t n) {
+  if (f16) {
+    f32_row_to_f16(src, (uint16_t*)dst.data() + at, (int64_t)n);
+  } else {
+    memcpy((float*)dst.data() + at, src, n * 4);
+  }
 }
 
 bool model_ready(const lethe_model* m) {
@@ -221,13 +237,18 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
   const int len_after = J.len_before + J.T;
   float* hs = J.head_scores ? J.head_scores + (size_t)g * len_after : nullptr;
   if (hs) std::fill(hs, hs + len_after, 0.f);
+  const bool f16 = m->kv_f16;
+  thread_local std::vector<float> rowbuf;
+  if ((int)rowbuf.size() < hd) rowbuf.resize(hd);
+  float* rb = rowbuf.data();
   for (int t = 0; t < J.T; t++) {
     const int lim = J.len_before + t + 1;
     const float* qrow = m->q.data() + (J.tok0 + t) * qd + (size_t)g * nrep * hd;
     float* orow = const_cast<float*>(m->att.data()) + (J.tok0 + t) * qd + (size_t)g * nrep * hd;
     // logits[r * lim + j]
     for (int j = 0; j < lim; j++) {
-      const float* kr = L.k.data() + (size_t)j * kvd + (size_t)g * hd;
+      const size_t at = (size_t)j * kvd + (size_t)g * hd;
+      const float* kr = f16 ? (f16_row_to_f32(L.kh() + at, rb, hd), rb) : L.kf() + at;
       for (int r = 0; r < nrep; r++) logits[(size_t)r * lim + j] = dot1(qrow + r * hd, kr, hd) * scale;
     }
     for (int r = 0; r < nrep; r++) {
@@ -244,7 +265,8 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
     }
     std::fill(orow, orow + (size_t)nrep * hd, 0.f);
     for (int j = 0; j < lim; j++) {
-      const float* vr = L.v.data() + (size_t)j * kvd + (size_t)g * hd;
+      const size_t at = (size_t)j * kvd + (size_t)g * hd;
+      const float* vr = f16 ? (f16_row_to_f32(L.vh() + at, rb, hd), rb) : L.vf() + at;
       for (int r = 0; r < nrep; r++) axpy(orow + r * hd, vr, logits[(size_t)r * lim + j], hd);
     }
     if (hs && J.T - 1 - t < J.window) {
@@ -297,6 +319,9 @@ lethe_model* lethe_model_create(const lethe_config* cfg) {
     return fail("model_create: bad rope_style %d", c.rope_style), nullptr;
   }
   if (!(c.rope_theta > 0) || !(c.norm_eps >= 0)) return fail("model_create: bad rope_theta/norm_eps"), nullptr;
+  if (c.kv_type != LETHE_KV_F32 && c.kv_type != LETHE_KV_F16) {
+    return fail("model_create: bad kv_type %d (0 = f32, 1 = f16)", c.kv_type), nullptr;
+  }
   if ((int64_t)c.dim > (1 << 20) || (int64_t)c.ffn_dim > (1 << 22) || (int64_t)c.vocab_size > (1 << 24) ||
       c.n_layers > 4096 || (int64_t)c.n_heads * c.head_dim > (1 << 20)) {
     return fail("model_create: dimensions out of range"), nullptr;
@@ -311,6 +336,8 @@ lethe_model* lethe_model_create(const lethe_config* cfg) {
     g_parallel_work = v >= 0 ? v : kParallelWork;
   }
   m->kv_dim = c.n_kv_heads * c.head_dim;
+  m->kv_f16 = c.kv_type == LETHE_KV_F16;
+  m->kv_es = m->kv_f16 ? 2 : 4;
   m->q_dim = c.n_heads * c.head_dim;
   m->layers.resize(c.n_layers);
   m->inv_freq.resize(c.head_dim / 2);
@@ -477,12 +504,12 @@ int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32
     }
     prev = keep[i];
   }
-  const size_t d = (size_t)kv->m->kv_dim;
+  const size_t rb = (size_t)kv->m->kv_dim * kv->m->kv_es;  // bytes per row
   for (int32_t i = 0; i < n; i++) {
     const int32_t s = keep[i];
     if (s == i) continue;
-    memmove(L.k.data() + i * d, L.k.data() + s * d, d * 4);
-    memmove(L.v.data() + i * d, L.v.data() + s * d, d * 4);
+    memmove(L.k.data() + i * rb, L.k.data() + s * rb, rb);
+    memmove(L.v.data() + i * rb, L.v.data() + s * rb, rb);
     L.pos[i] = L.pos[s];
   }
   L.len = n;
@@ -493,8 +520,13 @@ int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* 
   if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_read: bad kv or layer");
   const lethe_kv::L& L = kv->layers[layer];
   const size_t n = (size_t)L.len * kv->m->kv_dim;
-  if (k && n) memcpy(k, L.k.data(), n * 4);
-  if (v && n) memcpy(v, L.v.data(), n * 4);
+  if (kv->m->kv_f16) {
+    if (k && n) f16_row_to_f32(L.kh(), k, (int64_t)n);
+    if (v && n) f16_row_to_f32(L.vh(), v, (int64_t)n);
+  } else {
+    if (k && n) memcpy(k, L.k.data(), n * 4);
+    if (v && n) memcpy(v, L.v.data(), n * 4);
+  }
   if (pos && L.len) memcpy(pos, L.pos.data(), (size_t)L.len * 4);
   return 0;
 }
@@ -508,13 +540,13 @@ int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float*
   const size_t d = (size_t)kv->m->kv_dim;
   try {
     L.len = 0;
-    reserve_rows(L, (int)d, n);
+    reserve_rows(L, (int)d, kv->m->kv_es, n);
   } catch (const std::bad_alloc&) {
     return fail("kv_write: out of memory");
   }
   if (n) {
-    memcpy(L.k.data(), k, n * d * 4);
-    memcpy(L.v.data(), v, n * d * 4);
+    kv_store(L.k, kv->m->kv_f16, 0, k, (size_t)n * d);
+    kv_store(L.v, kv->m->kv_f16, 0, v, (size_t)n * d);
     memcpy(L.pos.data(), pos, (size_t)n * 4);
   }
   L.len = n;
@@ -525,7 +557,7 @@ int64_t lethe_kv_bytes(lethe_kv* kv) {
   if (!kv) return 0;
   int64_t rows = 0;
   for (const auto& L : kv->layers) rows += L.len;
-  return rows * kv->m->kv_dim * 2 * 4;
+  return rows * kv->m->kv_dim * 2 * kv->m->kv_es;
 }
 
 int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
@@ -571,7 +603,7 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     ensure(m->hb2, N * ffn);
     ensure(m->rope_cs, N * hd);
     for (int s = 0; s < n_seq; s++) {
-      for (auto& L : kvs[s]->layers) reserve_rows(L, kvd, (int64_t)L.len + n_tokens[s]);
+      for (auto& L : kvs[s]->layers) reserve_rows(L, kvd, m->kv_es, (int64_t)L.len + n_tokens[s]);
     }
   } catch (const std::bad_alloc&) {
     return fail("forward: out of memory");
@@ -660,11 +692,10 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
       SeqJob& J = jobs[s];
       lethe_kv::L& L = kvs[s]->layers[l];
       J.len_before = L.len;
-      for (int t = 0; t < J.T; t++) {
-        memcpy(L.k.data() + (size_t)(L.len + t) * kvd, m->k.data() + (J.tok0 + t) * kvd, (size_t)kvd * 4);
-        memcpy(L.v.data() + (size_t)(L.len + t) * kvd, m->v.data() + (J.tok0 + t) * kvd, (size_t)kvd * 4);
-        L.pos[L.len + t] = start_pos[s] + t;
-      }
+      const size_t at = (size_t)L.len * kvd, n = (size_t)J.T * kvd;
+      kv_store(L.k, m->kv_f16, at, m->k.data() + J.tok0 * kvd, n);
+      kv_store(L.v, m->kv_f16, at, m->v.data() + J.tok0 * kvd, n);
+      for (int t = 0; t < J.T; t++) L.pos[L.len + t] = start_pos[s] + t;
       L.len += J.T;
       J.head_scores = nullptr;
       if (J.window > 0) {

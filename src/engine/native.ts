@@ -104,7 +104,7 @@ const ASYNC_WORK = 4e6;
 export type NativeLibKind = "cpu" | "cuda";
 
 export interface NativeOptions {
-  /** KV element precision (only "f32" so far). */
+  /** KV element precision (default "f32"; "f16" stores K/V rows as IEEE half in the library). */
   kvPrecision?: KVPrecision;
   /** Which library of native/build to load (default "cpu"). */
   lib?: NativeLibKind;
@@ -229,7 +229,7 @@ export class NativeKV implements SequenceKV {
   toHost(): HostKVCache {
     let max = 1;
     for (const n of this.lens) max = Math.max(max, n);
-    const host = new HostKVCache(this.shape, max);
+    const host = new HostKVCache(this.shape, max, this.owner.kvPrecision);
     for (let l = 0; l < this.shape.nLayers; l++) {
       check(this.#lib, this.#lib.lethe_kv_read(this.ptr, l, host.k[l], host.v[l], host.pos[l]), "kv read");
       host.len[l] = this.lens[l];
@@ -277,8 +277,8 @@ export class NativeBackend implements Backend {
   readonly name: BackendName;
   readonly config: ModelConfig;
   readonly description: string;
-  /** f32 until the library stores f16 KV rows (openNativeBackend rejects "f16" meanwhile). */
-  readonly kvPrecision: KVPrecision = "f32";
+  /** Element precision of the library's K/V rows (lethe_config.kv_type). */
+  readonly kvPrecision: KVPrecision;
   readonly libraryPath: string;
   #lib: LetheLib;
   #model: Deno.PointerValue;
@@ -296,8 +296,10 @@ export class NativeBackend implements Backend {
     lib: LetheLib,
     model: Deno.PointerObject,
     path: string,
+    kvPrecision: KVPrecision = "f32",
   ) {
     this.name = name;
+    this.kvPrecision = kvPrecision;
     this.config = config;
     this.#lib = lib;
     this.#model = model;
@@ -306,7 +308,7 @@ export class NativeBackend implements Backend {
     const qd = c.nHeads * c.headDim, kvd = c.nKVHeads * c.headDim;
     this.#workPerToken = c.nLayers * (c.dim * (2 * qd + 2 * kvd) + 3 * c.dim * c.ffnDim) +
       c.vocabSize * c.dim;
-    this.description = `${name}: ${cstr(lib.lethe_backend_info())} (${path})`;
+    this.description = `${name}: ${cstr(lib.lethe_backend_info())}, ${kvPrecision} KV (${path})`;
   }
 
   get model(): Deno.PointerObject {
@@ -442,6 +444,25 @@ export class NativeBackend implements Backend {
   }
 }
 
+/**
+ * A library built before lethe_config.kv_type existed ignores it (the field was `reserved`) and would keep f32
+ * rows while the backend reports f16: write one row and check that it reads back rounded to f16.
+ */
+function checkF16KV(lib: LetheLib, model: Deno.PointerObject, kvDim: number, kind: string): void {
+  const kv = lib.lethe_kv_create(model);
+  if (kv === null) throw new Error(`${kind} kv create: ${lastError(lib)}`);
+  try {
+    const row = new Float32Array(kvDim).fill(1 / 3), back = new Float32Array(kvDim);
+    check(lib, lib.lethe_kv_write(kv, 0, row, row, new Int32Array(1), 1), "kv write");
+    check(lib, lib.lethe_kv_read(kv, 0, back, null, null), "kv read");
+    if (back[0] !== Math.f16round(1 / 3)) {
+      throw new Error(`${kind} library does not store f16 KV rows (lethe_config.kv_type ignored)`);
+    }
+  } finally {
+    lib.lethe_kv_free(kv);
+  }
+}
+
 /** Copies the model's weights into a lethe.h library and returns the backend. */
 export function openNativeBackend(
   config: ModelConfig,
@@ -449,8 +470,9 @@ export function openNativeBackend(
   opts: NativeOptions = {},
 ): NativeBackend {
   const kind = opts.lib ?? "cpu";
-  if ((opts.kvPrecision ?? "f32") !== "f32") {
-    throw new Error(`${kind} backend: f16 KV cache not supported yet`);
+  const kvPrecision = opts.kvPrecision ?? "f32";
+  if (kvPrecision !== "f32" && kvPrecision !== "f16") {
+    throw new Error(`${kind} backend: bad KV precision ${JSON.stringify(kvPrecision)} (f32 or f16)`);
   }
   const path = opts.path ?? Deno.env.get("LETHE_NATIVE_LIB") ?? nativeLibraryPath(kind);
   const lib = loadNativeLibrary(path);
@@ -469,10 +491,11 @@ export function openNativeBackend(
   dv.setInt32(36, c.ropeStyle === "half" ? 1 : 0, true);
   dv.setInt32(40, opts.threads ?? 0, true);
   dv.setInt32(44, opts.device ?? 0, true);
-  dv.setInt32(48, 0, true);
+  dv.setInt32(48, kvPrecision === "f16" ? 1 : 0, true); // kv_type: LETHE_KV_F32 / LETHE_KV_F16
   const model = lib.lethe_model_create(new Uint8Array(cfg));
   if (model === null) throw new Error(`${kind} model create: ${lastError(lib)}`);
   try {
+    if (kvPrecision === "f16") checkF16KV(lib, model, c.nKVHeads * c.headDim, kind);
     const set = (kind: number, layer: number, t: Tensor | undefined) => {
       if (!t) return;
       const [rows, cols] = tensorRowsCols(t);
@@ -514,5 +537,5 @@ export function openNativeBackend(
     lib.lethe_model_free(model);
     throw e;
   }
-  return new NativeBackend(kind === "cuda" ? "cuda" : "native", config, lib, model, path);
+  return new NativeBackend(kind === "cuda" ? "cuda" : "native", config, lib, model, path, kvPrecision);
 }
