@@ -2,6 +2,7 @@
 // per head: logits with causal mask → softmax (probabilities kept in S) → output; then the score output
 // Out[out_off + j] = Wt[w_off] * sum_h S[h, j] when want_scores. Replaces attn_scores + softmax + attn_out +
 // attn_score_sum (4 dispatches) on the decode path.
+// kv_t (the cache's element type, f32 or f16) is declared by kernels.ts.
 struct Params {
   n_heads: u32,
   head_dim: u32,
@@ -20,8 +21,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> QKV: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<kv_t>;
+@group(0) @binding(3) var<storage, read> V: array<kv_t>;
 @group(0) @binding(4) var<storage, read> Pos: array<i32>;
 @group(0) @binding(5) var<storage, read_write> S: array<f32>;
 @group(0) @binding(6) var<storage, read_write> O: array<f32>;
@@ -74,7 +75,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
       if (Pos[j] <= i32(P.qpos)) {
         var acc = 0.0;
         for (var d = 0u; d < hd; d++) {
-          acc += QKV[q + d] * K[j * P.kv_dim + kb + d];
+          acc += QKV[q + d] * f32(K[j * P.kv_dim + kb + d]);
         }
         s = acc * P.scale;
       }
@@ -100,7 +101,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
       var acc = 0.0;
       if (part < parts && d < hd) {
         for (var j = part; j < L; j += parts) {
-          acc += S[sb + j] * V[j * P.kv_dim + kb + d];
+          acc += S[sb + j] * f32(V[j * P.kv_dim + kb + d]);
         }
       }
       red[li] = acc;

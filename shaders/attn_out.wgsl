@@ -1,4 +1,5 @@
 // Attention output: O[out_row + t, h*head_dim + d] = sum_j S[t, h, j] * V[j, (h/group)*head_dim + d].
+// kv_t (the cache's element type, f32 or f16) is declared by kernels.ts.
 struct Params {
   tq: u32,
   n_heads: u32,
@@ -12,7 +13,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> S: array<f32>;
-@group(0) @binding(2) var<storage, read> V: array<f32>;
+@group(0) @binding(2) var<storage, read> V: array<kv_t>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 
 @compute @workgroup_size(64)
@@ -33,7 +34,7 @@ fn main(
   let vb = (h / P.group) * P.head_dim + d;
   var acc = 0.0;
   for (var j = 0u; j < P.len; j++) {
-    acc += S[sb + j] * V[j * P.kv_dim + vb];
+    acc += S[sb + j] * f32(V[j * P.kv_dim + vb]);
   }
   O[(P.out_row + t) * P.n_heads * P.head_dim + h * P.head_dim + d] = acc;
 }

@@ -1,5 +1,6 @@
 // Attention logits for tq queries of one sequence against its L cached rows of one layer:
 // S[t, h, j] = q_{t,h} · k_{j, h/group} * scale, or -inf-like when Pos[j] > position of query t (causal).
+// kv_t (the cache's element type, f32 or f16) is declared by kernels.ts.
 struct Params {
   tq: u32,
   n_heads: u32,
@@ -15,7 +16,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> QKV: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<kv_t>;
 @group(0) @binding(3) var<storage, read> Pos: array<i32>;
 @group(0) @binding(4) var<storage, read_write> S: array<f32>;
 
@@ -41,7 +42,7 @@ fn main(
   let k = j * P.kv_dim + (h / P.group) * P.head_dim;
   var acc = 0.0;
   for (var d = 0u; d < P.head_dim; d++) {
-    acc += QKV[q + d] * K[k + d];
+    acc += QKV[q + d] * f32(K[k + d]);
   }
   S[id] = acc * P.scale;
 }

@@ -9,22 +9,29 @@
  * causal masking by position, softmax, attention output, score sums → wo matmul (+residual) → rmsnorm →
  * fused gate|up matmul → silu·mul → down matmul (+residual). Final rmsnorm + output matmul run only on the
  * rows whose logits were requested.
+ *
+ * KV precision "f16" (`kvPrecision`): K/V values are rounded to f16 (ties to even, bit-exact with Math.f16round
+ * and the ts reference's f16 cache) by the append kernel and stored as f16 when the adapter has shader-f16
+ * (half the KV memory and attention bandwidth), else as the rounded values in f32 words.
  */
 import type { ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
 import type { Backend, KVPrecision, StepInput, StepOutput } from "../backend.ts";
-import { type Binding, F32, GpuKernels, StepRecorder } from "./kernels.ts";
-import { WebGPUKV } from "./kv.ts";
+import { type Binding, F32, GpuKernels, type KVStorage, StepRecorder } from "./kernels.ts";
+import { f16BitsToF32, WebGPUKV } from "./kv.ts";
 import { destroyMatrix, type GpuMatrix, tensorToF32, uploadF32, uploadMatrix } from "./weights.ts";
 
 export { WebGPUKV } from "./kv.ts";
 
 export interface WebGPUBackendOptions {
-  /** KV element precision (only "f32" so far). */
+  /**
+   * KV element precision (default "f32"). "f16" rounds K/V to half precision as they enter the cache and stores
+   * them as f16 when the device has shader-f16 (and `f16` is not false), else as f32 words.
+   */
   kvPrecision?: KVPrecision;
   /** Use this adapter instead of requesting one. */
   adapter?: GPUAdapter;
   powerPreference?: GPUPowerPreference;
-  /** Keep F16 weights as f16 in the shaders when the adapter has shader-f16 (default true). */
+  /** Use shader-f16 when the adapter has it (default true): F16 weights and f16 KV elements stay f16. */
   f16?: boolean;
   /** Mirror each KV cache on the host so `toHost()` is synchronous (default true). */
   hostMirror?: boolean;
@@ -78,8 +85,9 @@ export async function openWebGPUBackend(
   weights: ModelWeights,
   opts: WebGPUBackendOptions = {},
 ): Promise<WebGPUBackend> {
-  if ((opts.kvPrecision ?? "f32") !== "f32") {
-    throw new Error("webgpu backend: f16 KV cache not supported yet");
+  const kvPrecision = opts.kvPrecision ?? "f32";
+  if (kvPrecision !== "f32" && kvPrecision !== "f16") {
+    throw new Error(`webgpu backend: unknown kvPrecision "${kvPrecision}" (f32 or f16)`);
   }
   let adapter = opts.adapter ?? null;
   if (!adapter) {
@@ -193,8 +201,9 @@ export class WebGPUBackend implements Backend {
   readonly name = "webgpu" as const;
   readonly config: ModelConfig;
   readonly description: string;
-  /** f32 until f16 KV buffers land (openWebGPUBackend rejects "f16" meanwhile). */
-  readonly kvPrecision: KVPrecision = "f32";
+  readonly kvPrecision: KVPrecision;
+  /** How this backend's caches store K/V on the GPU (f16 precision: "f16" with shader-f16, else "f32r"). */
+  readonly kvStorage: KVStorage;
   readonly kernels: GpuKernels;
   readonly hostMirror: boolean;
   /** Bytes of weights on the GPU. */
@@ -226,6 +235,8 @@ export class WebGPUBackend implements Backend {
     this.device = kernels.device;
     this.hostMirror = opts.hostMirror ?? true;
     this.fusedDecode = opts.fusedDecode ?? false;
+    this.kvPrecision = opts.kvPrecision ?? "f32";
+    this.kvStorage = this.kvPrecision === "f32" ? "f32" : kernels.f16 ? "f16" : "f32r";
     this.attScratch = Math.max(64, Math.min(opts.attScratchBytes ?? ATT_SCRATCH_CAP, kernels.maxBinding));
     const d = this.device;
     d.lost.then((info) => {
@@ -266,7 +277,9 @@ export class WebGPUBackend implements Backend {
     for (const l of this.layers) mats.push(l.qkv, l.wo, l.gateUp, l.down);
     this.weightBytes = mats.reduce((a, m) => a + m.bytes, 0);
     const types = [...new Set(mats.map((m) => m.type))].join("/");
-    this.description = `webgpu (${adapterName}; weights ${types}, ${(this.weightBytes / 1e6).toFixed(2)} MB)`;
+    this.description = `webgpu (${adapterName}; weights ${types}, ${
+      (this.weightBytes / 1e6).toFixed(2)
+    } MB; KV ${this.kvPrecision}${this.kvStorage === "f32r" ? " in f32 words" : ""})`;
     const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
     for (
       const n of [
@@ -297,6 +310,7 @@ export class WebGPUBackend implements Backend {
       this.kernels,
       { nLayers: c.nLayers, nKVHeads: c.nKVHeads, headDim: c.headDim },
       this.hostMirror,
+      this.kvPrecision,
     );
   }
 
@@ -466,6 +480,7 @@ export class WebGPUBackend implements Backend {
       rec.threads(embPipe, N * c.dim, [ch.buffer, "P", tokBuf, x], [N, c.dim, ch.row0, ch.row0 + ch.rows]);
     }
     const scale = new F32(1 / Math.sqrt(hd));
+    const kvs = this.kvStorage;
     for (let l = 0; l < nL; l++) {
       const lb = this.layers[l];
       rmsnorm(x, lb.attnNorm, xb, N, false);
@@ -481,7 +496,7 @@ export class WebGPUBackend implements Backend {
         const kv = p.kv;
         const L = p.len0[l] + p.t;
         const K = kv.kBuf[l], Vb = kv.vBuf[l], P = kv.pBuf[l];
-        rec.threads(k.pipeline("kv_append"), p.t * kvDim, ["P", qkv, K, Vb, P], [
+        rec.threads(k.pipeline("kv_append", kvs), (p.t * kvDim) / 2, ["P", qkv, K, Vb, P], [
           p.t,
           kvDim,
           qkvDim,
@@ -493,7 +508,7 @@ export class WebGPUBackend implements Backend {
         ]);
         if (p.t === 1 && this.fusedDecode) {
           // decode: one fused dispatch (logits, softmax, output, scores)
-          rec.groups(k.pipeline("attn_decode"), 1, ["P", qkv, K, Vb, P, att, ao, wtBuf, scores], [
+          rec.groups(k.pipeline("attn_decode", kvs), 1, ["P", qkv, K, Vb, P, att, ao, wtBuf, scores], [
             nH,
             hd,
             kvDim,
@@ -514,7 +529,7 @@ export class WebGPUBackend implements Backend {
         for (let t0 = 0; t0 < p.t; t0 += chunk) {
           const tq = Math.min(chunk, p.t - t0);
           const attB: Binding[] = ["P", qkv, K, P, att];
-          rec.threads(k.pipeline("attn_scores"), tq * nH * L, attB, [
+          rec.threads(k.pipeline("attn_scores", kvs), tq * nH * L, attB, [
             tq,
             nH,
             hd,
@@ -527,7 +542,7 @@ export class WebGPUBackend implements Backend {
             scale,
           ]);
           rec.threads(k.pipeline("softmax"), tq * nH, ["P", att], [tq * nH, L]);
-          rec.threads(k.pipeline("attn_out"), tq * nH * hd, ["P", att, Vb, ao], [
+          rec.threads(k.pipeline("attn_out", kvs), tq * nH * hd, ["P", att, Vb, ao], [
             tq,
             nH,
             hd,
@@ -560,28 +575,30 @@ export class WebGPUBackend implements Backend {
       matmul(this.output, xf, logits, M, false, null);
     }
 
-    // ---- readback layout: logits | scores | new KV rows (K then V per layer per sequence)
+    // ---- readback layout: logits | scores (f32) | new KV rows as stored (K then V per layer per sequence)
     const logitFloats = M * c.vocabSize;
-    let mirrorFloats = 0;
-    if (this.hostMirror) { for (const p of plans) mirrorFloats += nL * 2 * p.t * kvDim; }
-    const total = logitFloats + S + mirrorFloats;
+    const eb = this.kvStorage === "f16" ? 2 : 4;
+    let mirrorElems = 0;
+    if (this.hostMirror) { for (const p of plans) mirrorElems += nL * 2 * p.t * kvDim; }
+    const head = (logitFloats + S) * 4;
+    const total = head + mirrorElems * eb; // bytes; kvDim is even, so every part is a multiple of 4
 
     device.pushErrorScope("validation");
     device.pushErrorScope("out-of-memory");
     rec.encode(encoder);
     let staging: GPUBuffer | null = null;
     if (total > 0) {
-      staging = this.stagingBuffer(total * 4);
+      staging = this.stagingBuffer(total);
       if (logitFloats > 0) encoder.copyBufferToBuffer(logits, 0, staging, 0, logitFloats * 4);
       if (S > 0) encoder.copyBufferToBuffer(scores, 0, staging, logitFloats * 4, S * 4);
-      let off = (logitFloats + S) * 4;
+      let off = head;
       if (this.hostMirror) {
         for (const p of plans) {
           for (let l = 0; l < nL; l++) {
-            const bytes = p.t * kvDim * 4;
-            encoder.copyBufferToBuffer(p.kv.kBuf[l], p.len0[l] * kvDim * 4, staging, off, bytes);
+            const bytes = p.t * kvDim * eb;
+            encoder.copyBufferToBuffer(p.kv.kBuf[l], p.len0[l] * kvDim * eb, staging, off, bytes);
             off += bytes;
-            encoder.copyBufferToBuffer(p.kv.vBuf[l], p.len0[l] * kvDim * 4, staging, off, bytes);
+            encoder.copyBufferToBuffer(p.kv.vBuf[l], p.len0[l] * kvDim * eb, staging, off, bytes);
             off += bytes;
           }
         }
@@ -592,15 +609,22 @@ export class WebGPUBackend implements Backend {
     for (const b of retired) b.destroy();
     for (const p of plans) p.kv.busy = true;
     let data: Float32Array | null = null;
+    let rows: Float32Array | null = null;
     try {
       const oom = device.popErrorScope();
       const val = device.popErrorScope();
-      if (staging) await staging.mapAsync(GPUMapMode.READ, 0, total * 4);
+      if (staging) await staging.mapAsync(GPUMapMode.READ, 0, total);
       const errs = [await oom, await val].filter((e) => e);
       if (errs.length) throw new Error(`webgpu forward: ${errs.map((e) => e!.message).join("; ")}`);
       if (staging) {
-        data = new Float32Array(staging.getMappedRange(0, total * 4).slice(0));
+        const buf = staging.getMappedRange(0, total).slice(0);
         staging.unmap();
+        data = new Float32Array(buf, 0, head / 4);
+        if (mirrorElems > 0) {
+          rows = eb === 2
+            ? f16BitsToF32(new Uint16Array(buf, head, mirrorElems))
+            : new Float32Array(buf, head, mirrorElems);
+        }
       }
     } finally {
       for (const p of plans) p.kv.busy = false;
@@ -609,7 +633,7 @@ export class WebGPUBackend implements Backend {
 
     // ---- outputs and cache bookkeeping
     const out: StepOutput[] = [];
-    let mirrorOff = logitFloats + S;
+    let mirrorOff = 0;
     for (const p of plans) {
       const logitsOut = data && p.logitRows > 0
         ? data.slice(p.logitRow * c.vocabSize, (p.logitRow + p.logitRows) * c.vocabSize)
@@ -618,7 +642,7 @@ export class WebGPUBackend implements Backend {
       if (p.input.scores && data) {
         o.scores = p.scoreOff.map((s, l) => data!.slice(logitFloats + s, logitFloats + s + p.len0[l] + p.t));
       }
-      p.kv.commitAppend(p.t, this.hostMirror ? data : null, mirrorOff);
+      p.kv.commitAppend(p.t, rows, mirrorOff);
       if (this.hostMirror) mirrorOff += nL * 2 * p.t * kvDim;
       out.push(o);
     }

@@ -1,7 +1,8 @@
 /**
  * WGSL kernels of the WebGPU backend: loads `shaders/*.wgsl`, builds compute pipelines (one variant per
- * weight encoding for the kernels that read weights), and records dispatches of one step so they can be
- * encoded into a single compute pass with their uniform parameters packed into one buffer.
+ * weight encoding for the kernels that read weights, one per KV storage for the kernels that touch the KV
+ * cache), and records dispatches of one step so they can be encoded into a single compute pass with their
+ * uniform parameters packed into one buffer.
  */
 import type { GpuWeightType } from "./weights.ts";
 
@@ -22,6 +23,20 @@ const KERNELS = [
 export type KernelName = typeof KERNELS[number];
 const WEIGHT_KERNELS = new Set<KernelName>(["matmul", "embedding"]);
 const WEIGHT_TYPES: GpuWeightType[] = ["f32", "f16", "q8_0", "q4_0"];
+
+/**
+ * How a KV cache stores its elements on the GPU: "f32" as computed; "f32r" f32 words holding values rounded to
+ * f16 (an f16 cache on a device without shader-f16); "f16" half-precision elements (needs shader-f16).
+ */
+export type KVStorage = "f32" | "f32r" | "f16";
+/** Kernels reading K/V rows (element type `kv_t`): one pipeline per element type. */
+const KV_READ_KERNELS = new Set<KernelName>(["attn_scores", "attn_out", "attn_decode"]);
+const KV_MODE: Record<KVStorage, number> = { f32: 0, f32r: 1, f16: 2 };
+
+/** Bytes per stored K/V element. */
+export function kvElementBytes(storage: KVStorage): number {
+  return storage === "f16" ? 2 : 4;
+}
 
 export const WORKGROUP = 64;
 
@@ -57,16 +72,32 @@ export class GpuKernels {
     return k;
   }
 
-  /** The pipeline of `name` (weight kernels need the weight encoding). Compiled on first use. */
-  pipeline(name: KernelName, wtype?: GpuWeightType): GPUComputePipeline {
-    const key = WEIGHT_KERNELS.has(name) ? `${name}:${wtype}` : name;
+  /**
+   * The pipeline of `name`, compiled on first use. Weight kernels need the weight encoding; kv_append and the
+   * kernels reading K/V take the cache's KV storage (default "f32").
+   */
+  pipeline(name: KernelName, variant?: GpuWeightType | KVStorage): GPUComputePipeline {
+    const kvStore = (variant ?? "f32") as KVStorage;
+    const key = WEIGHT_KERNELS.has(name)
+      ? `${name}:${variant}`
+      : name === "kv_append"
+      ? `${name}:${kvStore}`
+      : KV_READ_KERNELS.has(name)
+      ? `${name}:${kvStore === "f16" ? "f16" : "f32"}`
+      : name;
     let p = this.pipelines.get(key);
     if (p) return p;
     let code = this.sources.get(name)!;
     if (WEIGHT_KERNELS.has(name)) {
-      const acc = this.sources.get(`weights_${wtype}`);
-      if (!acc) throw new Error(`webgpu: no weight accessor for ${wtype} on this device`);
+      const acc = this.sources.get(`weights_${variant}`);
+      if (!acc) throw new Error(`webgpu: no weight accessor for ${variant} on this device`);
       code = acc + "\n" + code;
+    } else if (name === "kv_append") {
+      if (!(kvStore in KV_MODE)) throw new Error(`webgpu: unknown KV storage ${kvStore}`);
+      code = `const KV_MODE: u32 = ${KV_MODE[kvStore]}u;\n` + code;
+    } else if (KV_READ_KERNELS.has(name)) {
+      if (kvStore === "f16" && !this.f16) throw new Error("webgpu: f16 KV storage needs shader-f16");
+      code = (kvStore === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") + code;
     }
     const module = this.device.createShaderModule({ label: key, code });
     p = this.device.createComputePipeline({
