@@ -10,8 +10,10 @@
  * - One turn at a time: a turn takes the store's lease on the session; a second concurrent turn gets 409
  *   `session_busy`. The turn commits with compare-and-set on the record version, so a crash mid-turn leaves
  *   the last committed turn intact.
- * - Determinism: every turn resumes from the decoded stored snapshot (never from the live f32 state), so the
- *   cache a turn starts from is exactly what a restore on another instance or after a restart gives.
+ * - Determinism: every turn resumes from the decoded stored snapshot, never from state kept in memory, so a
+ *   turn starts from exactly what a restore on another instance or after a restart gives. With f16 storage the
+ *   live cache is f16 too (config.liveKVPrecision), so the snapshot is bit-exact and a resumed conversation
+ *   decodes exactly like an uninterrupted one; int8 storage resumes approximately.
  * - Damage: if the blob fails its checksum / is malformed or was made by another model (fingerprint), the cache
  *   is rebuilt by re-prefilling the token history from the bundle's own checksummed section (nothing is lost)
  *   and the event is logged.
