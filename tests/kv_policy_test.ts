@@ -12,7 +12,7 @@ import {
   ScoreTable,
   selectKeep,
 } from "../src/kv/policy.ts";
-import { findBreakpoint, LethePolicy, splitBudget } from "../src/kv/policies/lethe.ts";
+import { farGamma, findBreakpoint, LethePolicy, splitBudget } from "../src/kv/policies/lethe.ts";
 import { pyramidBudgets, PyramidKVPolicy } from "../src/kv/policies/pyramidkv.ts";
 
 const SHAPE = { nLayers: 2, nKVHeads: 1, headDim: 2 };
@@ -263,7 +263,16 @@ Deno.test("lethe fixed: the total budget is split by density and respected acros
   assert.deepEqual(splitBudget(100, [3, 1], 10), [70, 30]);
   assert.deepEqual(splitBudget(100, [1, 0], 10), [90, 10]);
   const p = createPolicy(
-    { name: "lethe", mode: "fixed", budget: 32, slack: 4, sink: 2, minLayer: 4, recentRatio: 0.25 },
+    {
+      name: "lethe",
+      mode: "fixed",
+      select: "layer",
+      budget: 32,
+      slack: 4,
+      sink: 2,
+      minLayer: 4,
+      recentRatio: 0.25,
+    },
     { nLayers: 2, contextLength: 512 },
   ) as LethePolicy;
   const kv = new HostKVCache(SHAPE);
@@ -289,6 +298,70 @@ Deno.test("lethe fixed: the total budget is split by density and respected acros
   const kept0 = pos(kv, 0);
   for (let x = 3; x < 180; x += 10) assert.ok(kept0.includes(x), `hot ${x} kept: ${kept0}`);
   assert.ok(kept0.filter((x) => x >= 2 && x < 180 && x % 10 !== 3).length <= 2, `kept ${kept0}`);
+});
+
+Deno.test("lethe fixed global: lowest scores over all layers go; total exact; sinks, recent, floor kept", () => {
+  const p = createPolicy(
+    {
+      name: "lethe",
+      mode: "fixed",
+      budget: 10,
+      slack: 0,
+      sink: 1,
+      recentRatio: 0.2,
+      minLayer: 3,
+      gamma: 1,
+      farPower: 0,
+    },
+    { nLayers: 2, contextLength: 512 },
+  ) as LethePolicy;
+  const kv = new HostKVCache(SHAPE);
+  // layer 0 peaked: positions 3, 7 and 11 hot, the rest ~0; layer 1 flat (every row 1/n)
+  const sc = (l: number, n: number) =>
+    range(0, n).map((j) => {
+      const x = kv.positions(l)[j];
+      return l === 1 ? 1 / n : x === 3 || x === 7 || x === 11 ? 1 : 0.0001;
+    });
+  step(p, kv, 20, sc, "prefill");
+  // 40 rows > 20: 20 go. Recent = round(0.2·10) = 2 per layer, sink 1. Layer 0's 14 cold middle rows score
+  // 1e-4 < layer 1's 0.05, but layer 0 keeps at least minLayer = 3 middle rows (its 3 hot ones), so its 14
+  // cold rows go and the 6 lowest of layer 1 (ties: the older) make up the rest.
+  assert.equal(kv.length(0) + kv.length(1), 20);
+  assert.deepEqual(pos(kv, 0), [0, 3, 7, 11, 18, 19]);
+  assert.deepEqual(pos(kv, 1), [0, ...range(7, 20)]);
+  assert.deepEqual(p.layerBudgets, [6, 14]);
+  assertRowsIntact(kv);
+  // decoding on: the total never exceeds the budget (slack 0) and the hot rows stay
+  for (let i = 0; i < 30; i++) {
+    step(p, kv, 1, sc);
+    assert.ok(kv.length(0) + kv.length(1) <= 20);
+  }
+  for (const x of [3, 7, 11]) assert.ok(pos(kv, 0).includes(x), `hot ${x}: ${pos(kv, 0)}`);
+});
+
+Deno.test("lethe far-attention decay: a layer attending far back gets γ → 1, a local one keeps γ", () => {
+  assert.equal(farGamma(0.9, 0, 16), 0.9);
+  assert.equal(farGamma(0.9, 1, 16), 1);
+  assert.ok(Math.abs(farGamma(0.9, 0.5, 1) - 0.95) < 1e-12);
+  assert.equal(farGamma(0.9, 0.7, 0), 0.9); // power 0: the paper's fixed γ
+  const p = createPolicy(
+    { name: "lethe", mode: "fixed", budget: 1000, farAge: 8, sink: 1 },
+    { nLayers: 2, contextLength: 4096 },
+  ) as LethePolicy;
+  const kv = new HostKVCache(SHAPE);
+  // layer 0 puts half its (non-sink) attention on position 1 (far once t > 9), layer 1 only on the newest row
+  const sc = (l: number, n: number) =>
+    range(0, n).map((j) => (l === 0 ? (j === 1 ? 0.5 : j === n - 1 ? 0.5 : 0) : j === n - 1 ? 1 : 0));
+  for (let i = 0; i < 400; i++) step(p, kv, 1, sc);
+  // (the first measurement, before row 1 was far, counted 0 with a tiny weight)
+  assert.ok(Math.abs(p.farShare(0) - 0.5) < 1e-3, `far share ${p.farShare(0)}`);
+  assert.equal(p.farShare(1), 0);
+  assert.ok(Math.abs(p.gammas[0] - farGamma(0.9, p.farShare(0), 16)) < 1e-12 && p.gammas[0] > 0.9999);
+  assert.equal(p.gammas[1], 0.9);
+  // and the scores really decay per layer: row 2 got attention only at t = 2 (as the newest row)
+  const s = p.exportState().scores;
+  assert.ok(Math.abs(s[1][2] / Math.pow(0.9, 397) - 1) < 1e-4, `layer 1 row 2: ${s[1][2]}`);
+  assert.ok(s[0][1] > 100, `layer 0 keeps accumulating row 1: ${s[0][1]}`);
 });
 
 Deno.test("state export/import round trip continues identically; mismatches throw", () => {
@@ -360,6 +433,9 @@ Deno.test("param validation: clear errors naming the policy and the param; defau
     slack: 4,
     densityPower: 1,
     minLayer: 8,
+    select: "global",
+    farPower: 16,
+    farAge: 64,
   });
   assert.equal(
     (createPolicy({ name: "h2o", budget: 0.25 }, shape) as unknown as { budgetTokens: number }).budgetTokens,

@@ -382,15 +382,16 @@ await runMain(async () => {
       `\n${model.name} (${backend.name}): ${res.windows} windows × ${res.window} tokens, decode path; ` +
         `full-cache ppl ${res.fullPpl.toFixed(4)}; ${secs.toFixed(1)} s`,
     );
+    const lw = Math.max(28, ...res.rows.map((r) => r.policy.length + 1));
     console.log(
-      "policy".padEnd(28) + "budget".padStart(7) + "avg_kept".padStart(9) + "peak".padStart(7) +
+      "policy".padEnd(lw) + "budget".padStart(7) + "avg_kept".padStart(9) + "peak".padStart(7) +
         "ppl".padStart(9) + "Δppl%".padStart(7) + "KL".padStart(9) + "top1%".padStart(7) +
         "gen_match".padStart(10) +
         "gen_ppl".padStart(9),
     );
     for (const r of res.rows) {
       console.log(
-        r.policy.slice(0, 27).padEnd(28) +
+        r.policy.padEnd(lw) +
           (r.budget_tokens === null ? "-" : String(r.budget_tokens)).padStart(7) +
           r.avg_kept.toFixed(1).padStart(9) + r.peak_kept.toFixed(0).padStart(7) +
           r.ppl.toFixed(4).padStart(9) +

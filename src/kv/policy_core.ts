@@ -82,12 +82,18 @@ export class ScoreTable {
    * `decay^nNew`, append zeros for the new rows and add the step's reported scores (when given):
    * `S = S·γ^nNew + scores`. Throws when the table and the cache disagree.
    */
-  update(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, decay: number): void {
+  update(
+    kv: SequenceKV,
+    scores: Float32Array[] | undefined,
+    nNew: number,
+    decay: number | readonly number[],
+  ): void {
     if (scores && scores.length !== this.nLayers) {
       throw new RangeError(`scores cover ${scores.length} layers, the policy has ${this.nLayers}`);
     }
-    const factor = nNew === 0 ? 1 : Math.pow(decay, nNew);
     for (let l = 0; l < this.nLayers; l++) {
+      const d = typeof decay === "number" ? decay : decay[l];
+      const factor = nNew === 0 ? 1 : Math.pow(d, nNew);
       const rows = kv.length(l);
       if (rows !== this.len[l] + nNew) {
         throw new RangeError(
@@ -239,7 +245,7 @@ export abstract class BasePolicy implements KVPolicy {
   protected readonly contextLength: number;
   protected readonly table: ScoreTable;
   /** Per-step decay of the accumulated scores (matches the ScoreRequest's decay). */
-  protected decay = 1;
+  protected decay: number | readonly number[] = 1;
 
   constructor(params: Params, shape: { nLayers: number; contextLength: number }) {
     this.params = Object.freeze({ ...params });

@@ -28,7 +28,15 @@
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
-import { BasePolicy, hoyer, paramSchemas, rankByScore, resolveBudget, selectKeep } from "../policy_core.ts";
+import {
+  BasePolicy,
+  fromMask,
+  hoyer,
+  paramSchemas,
+  rankByScore,
+  resolveBudget,
+  selectKeep,
+} from "../policy_core.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
 
 export const schema = z.strictObject({
@@ -47,6 +55,9 @@ export const schema = z.strictObject({
   slack: paramSchemas.count(4, 0),
   densityPower: z.number().min(0, "must be ≥ 0").max(8, "must be ≤ 8").default(1),
   minLayer: paramSchemas.count(8, 0),
+  select: z.enum(["layer", "global"], { error: 'must be "layer" or "global"' }).default("global"),
+  farPower: z.number().min(0, "must be ≥ 0").max(64, "must be ≤ 64").default(16),
+  farAge: paramSchemas.count(64, 1),
 });
 export type LetheParams = z.infer<typeof schema>;
 
@@ -78,6 +89,15 @@ export function splitBudget(total: number, weights: number[], floor: number): nu
   return weights.map((w) => base + Math.floor(sum > 0 ? (rest * Math.max(0, w)) / sum : rest / n));
 }
 
+/** Running share of attention on far rows: EMA rate per decode step. */
+const FAR_EMA = 0.99;
+
+/** The layer's decay from its far-attention share m: `1 − (1 − γ)·(1 − m)^power` (power 0: γ itself). */
+export function farGamma(gamma: number, farShare: number, power: number): number {
+  const m = Math.min(1, Math.max(0, farShare));
+  return 1 - (1 - gamma) * Math.pow(1 - m, power);
+}
+
 export class LethePolicy extends BasePolicy {
   readonly name = "lethe";
   readonly budgetTokens: number;
@@ -86,21 +106,65 @@ export class LethePolicy extends BasePolicy {
   readonly triggers: number[];
   /** Per-layer budgets of the last step (fixed mode). */
   layerBudgets: number[];
+  /** Per layer: EMA of the current query's attention share on rows older than `farAge`, and its weight. */
+  private readonly farSum: number[];
+  private readonly farWeight: number[];
+  /** Per-layer decay in use (`farGamma` of the layer's far share). */
+  readonly gammas: number[];
+  private pending: Float32Array[] | undefined;
 
   constructor(p: LetheParams, shape: PolicyShape) {
     super(p, shape);
     this.p = p;
-    this.decay = p.gamma;
     this.budgetTokens = resolveBudget(p.budget, shape.contextLength);
     this.triggers = new Array(shape.nLayers).fill(p.initialTrigger);
     this.layerBudgets = new Array(shape.nLayers).fill(this.budgetTokens);
+    this.farSum = new Array(shape.nLayers).fill(0);
+    this.farWeight = new Array(shape.nLayers).fill(0);
+    this.gammas = new Array(shape.nLayers).fill(p.gamma);
+    this.decay = this.gammas;
+  }
+
+  /** The layer's running share of attention on far rows (0 before any measurement). */
+  farShare(layer: number): number {
+    return this.farWeight[layer] > 0 ? this.farSum[layer] / this.farWeight[layer] : 0;
+  }
+
+  protected override observe(scores: Float32Array[] | undefined, _nNew: number, _phase: Phase): void {
+    this.pending = scores;
+  }
+
+  /**
+   * After a decode step: update each layer's far share from the current query's attention (sinks excluded;
+   * rows older than `farAge` are far), then the layer's decay for the following steps.
+   */
+  private trackFar(kv: SequenceKV, scores: Float32Array[]): void {
+    const { sink, farAge, farPower, gamma } = this.p;
+    const now = kv.nextPos - 1;
+    if (now <= farAge) return;
+    for (let l = 0; l < this.nLayers; l++) {
+      const pos = kv.positions(l);
+      const a = scores[l];
+      let tot = 0, far = 0;
+      for (let j = Math.min(sink, pos.length); j < pos.length; j++) {
+        tot += a[j];
+        if (now - pos[j] > farAge) far += a[j];
+      }
+      if (tot > 0) {
+        this.farSum[l] = FAR_EMA * this.farSum[l] + (1 - FAR_EMA) * (far / tot);
+        this.farWeight[l] = FAR_EMA * this.farWeight[l] + (1 - FAR_EMA);
+      }
+      this.gammas[l] = farGamma(gamma, this.farShare(l), farPower);
+    }
   }
 
   scoreRequest(_phase: Phase, nNew: number): ScoreRequest | undefined {
     return { decay: this.p.gamma, window: Math.max(1, nNew) };
   }
 
-  protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {
+  protected prune(kv: SequenceKV, _phase: Phase, nNew: number, events: PruneEvent[]): void {
+    if (this.p.farPower > 0 && this.pending && nNew === 1) this.trackFar(kv, this.pending);
+    this.pending = undefined;
     if (this.p.mode === "fixed") this.pruneFixed(kv, events);
     else this.pruneAdaptive(kv, events);
   }
@@ -121,6 +185,7 @@ export class LethePolicy extends BasePolicy {
     let sum = 0;
     for (let l = 0; l < this.nLayers; l++) sum += kv.length(l);
     if (sum <= this.budgetTokens * this.nLayers) return;
+    if (this.p.select === "global") return this.pruneGlobal(kv, sum, events);
     this.layerBudgets = this.p.densityPower === 0
       ? new Array(this.nLayers).fill(this.budgetTokens)
       : splitBudget(this.budgetTokens * this.nLayers, this.densities(kv), this.p.sink + this.p.minLayer);
@@ -134,6 +199,45 @@ export class LethePolicy extends BasePolicy {
         budget: b,
       });
       this.pruneLayer(kv, l, keep, events);
+    }
+  }
+
+  /**
+   * Global selection: once the layers together exceed the total by more than `slack` per layer, evict the
+   * lowest-scoring rows over all layers (sinks and each layer's newest `recentRatio × budget` rows exempt,
+   * at least `minLayer` middle rows left per layer) until the total is met.
+   */
+  private pruneGlobal(kv: SequenceKV, sum: number, events: PruneEvent[]): void {
+    const total = this.budgetTokens * this.nLayers;
+    if (sum <= total + this.p.slack * this.nLayers) return;
+    const recent = Math.round(this.p.recentRatio * this.budgetTokens);
+    const cands: { l: number; j: number; s: number }[] = [];
+    const marks: Uint8Array[] = [];
+    const spare: number[] = [];
+    for (let l = 0; l < this.nLayers; l++) {
+      const n = kv.length(l);
+      const mark = new Uint8Array(n).fill(1);
+      marks.push(mark);
+      const s = Math.min(this.p.sink, n);
+      const r = Math.min(recent, n - s);
+      spare.push(Math.max(0, n - s - r - this.p.minLayer));
+      if (n - s - r <= 0) continue;
+      const sc = this.table.get(l);
+      for (let j = s; j < n - r; j++) cands.push({ l, j, s: sc[j] });
+    }
+    cands.sort((a, b) => a.s - b.s || a.j - b.j);
+    let excess = sum - total;
+    for (const c of cands) {
+      if (excess <= 0) break;
+      if (spare[c.l] <= 0) continue;
+      marks[c.l][c.j] = 0;
+      spare[c.l]--;
+      excess--;
+    }
+    for (let l = 0; l < this.nLayers; l++) {
+      const keep = fromMask(marks[l]);
+      this.layerBudgets[l] = keep.length;
+      if (keep.length < kv.length(l)) this.pruneLayer(kv, l, keep, events);
     }
   }
 
@@ -159,11 +263,16 @@ export class LethePolicy extends BasePolicy {
   }
 
   protected override exportMeta(): Record<string, unknown> {
-    return { triggers: [...this.triggers], layerBudgets: [...this.layerBudgets] };
+    return {
+      triggers: [...this.triggers],
+      layerBudgets: [...this.layerBudgets],
+      far: { sum: [...this.farSum], weight: [...this.farWeight], gammas: [...this.gammas] },
+    };
   }
 
   protected override importMeta(meta: Record<string, unknown>): void {
     const t = meta.triggers, b = meta.layerBudgets;
+    const f = meta.far as Record<string, unknown> | undefined;
     const ok = (a: unknown): a is number[] =>
       Array.isArray(a) && a.length === this.nLayers && a.every((x) => Number.isInteger(x) && x >= 0);
     if (!ok(t) || !ok(b)) {
@@ -171,9 +280,20 @@ export class LethePolicy extends BasePolicy {
         `policy state: lethe needs meta.triggers and meta.layerBudgets (${this.nLayers} integers)`,
       );
     }
+    const nums = (a: unknown, lo: number, hi: number): a is number[] =>
+      Array.isArray(a) && a.length === this.nLayers &&
+      a.every((x) => typeof x === "number" && Number.isFinite(x) && x >= lo && x <= hi);
+    if (!f || typeof f !== "object" || !nums(f.sum, 0, 1) || !nums(f.weight, 0, 1) || !nums(f.gammas, 0, 1)) {
+      throw new Error(
+        `policy state: lethe needs meta.far {sum, weight, gammas} (${this.nLayers} numbers in [0, 1])`,
+      );
+    }
     for (let l = 0; l < this.nLayers; l++) {
       this.triggers[l] = t[l];
       this.layerBudgets[l] = b[l];
+      this.farSum[l] = (f.sum as number[])[l];
+      this.farWeight[l] = (f.weight as number[])[l];
+      this.gammas[l] = (f.gammas as number[])[l];
     }
   }
 }
