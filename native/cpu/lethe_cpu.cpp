@@ -95,6 +95,12 @@ inline const float* rows_f32(const Mat& W, int64_t r0, int64_t nr, float* buf) {
   return buf;
 }
 
+#ifdef LETHE_AVX512
+const int64_t kRowBlock = 6;  // weight rows per micro-kernel block (threads split rows on block boundaries)
+#else
+const int64_t kRowBlock = 4;
+#endif
+
 // Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N), 4 weight rows x 3 activation rows at a time.
 void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy, int64_t r0, int64_t r1,
                  float* buf) {
@@ -104,6 +110,29 @@ void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy,
     for (; r < r1; r++) Y[r] = dot1(rows_f32(W, r, 1, buf), X, cols);
     return;
   }
+#ifdef LETHE_AVX512
+  // Blocks of 6 weight rows x 4 activation rows (24 zmm accumulators); remainders with smaller blocks.
+  for (; r + 6 <= r1; r += 6) {
+    const float* w = rows_f32(W, r, 6, buf);
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) dot_block16<6, 4>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+    for (; n + 2 <= N; n += 2) dot_block16<6, 2>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+    for (; n < N; n++) dot_block16<6, 1>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+  }
+  for (; r + 2 <= r1; r += 2) {
+    const float* w = rows_f32(W, r, 2, buf);
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) dot_block16<2, 4>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+    for (; n < N; n++) dot_block16<2, 1>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+  }
+  for (; r < r1; r++) {
+    const float* w = rows_f32(W, r, 1, buf);
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) dot_block16<1, 4>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+    for (; n < N; n++) dot_block16<1, 1>(w, cols, X + n * cols, cols, cols, Y + n * ldy + r, ldy);
+  }
+  return;
+#endif
   for (; r + 4 <= r1; r += 4) {
     const float* w = rows_f32(W, r, 4, buf);
     int64_t n = 0;
@@ -125,24 +154,51 @@ int threads_for(int max_threads, double work, int64_t units) {
   return (int)std::min<int64_t>(max_threads, units);
 }
 
-// Y[N x rows] = X[N x cols] · W^T. Each weight row is converted once and dotted with all N activation rows.
-void matmul(int max_threads, const Mat& W, const float* X, int64_t N, float* Y) {
-  const int nt = threads_for(max_threads, (double)W.rows * (double)W.cols * (double)N, W.rows / 8);
+// One output of a fused matmul: Y[N x W.rows] = X · W^T.
+struct MatOut {
+  const Mat* W;
+  float* Y;
+};
+
+// Several matmuls over the same activations X[N x cols] (e.g. q/k/v, gate/up) as one: their rows are
+// concatenated and split into contiguous, block-aligned ranges, one per thread, so one parallel region covers
+// all of them and their summed work decides threading. Each weight row is converted once and dotted with all
+// N activation rows.
+void matmul_multi(int max_threads, const MatOut* outs, int n_out, const float* X, int64_t N) {
+  int64_t total = 0;
+  const int64_t cols = outs[0].W->cols;
+  for (int j = 0; j < n_out; j++) total += outs[j].W->rows;
+  auto run = [&](int64_t a, int64_t b, float* buf) {  // concatenated rows [a, b)
+    int64_t off = 0;
+    for (int j = 0; j < n_out; j++) {
+      const Mat& W = *outs[j].W;
+      const int64_t lo = std::max(a, off), hi = std::min(b, off + W.rows);
+      if (lo < hi) matmul_rows(W, X, N, outs[j].Y, W.rows, lo - off, hi - off, buf);
+      off += W.rows;
+    }
+  };
+  const int nt = threads_for(max_threads, (double)total * (double)cols * (double)N, total / 8);
   if (nt <= 1) {
     thread_local std::vector<float> buf;
-    if ((int64_t)buf.size() < 4 * W.cols) buf.resize(4 * W.cols);
-    matmul_rows(W, X, N, Y, W.rows, 0, W.rows, buf.data());
+    if ((int64_t)buf.size() < kRowBlock * cols) buf.resize(kRowBlock * cols);
+    run(0, total, buf.data());
     return;
   }
 #pragma omp parallel num_threads(nt)
   {
     thread_local std::vector<float> buf;
-    if ((int64_t)buf.size() < 4 * W.cols) buf.resize(4 * W.cols);
+    if ((int64_t)buf.size() < kRowBlock * cols) buf.resize(kRowBlock * cols);
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t chunk = ((W.rows + T - 1) / T + 3) / 4 * 4;
-    const int64_t r0 = std::min(W.rows, (int64_t)t * chunk), r1 = std::min(W.rows, r0 + chunk);
-    matmul_rows(W, X, N, Y, W.rows, r0, r1, buf.data());
+    const int64_t chunk = ((total + T - 1) / T + kRowBlock - 1) / kRowBlock * kRowBlock;
+    const int64_t r0 = std::min(total, (int64_t)t * chunk), r1 = std::min(total, r0 + chunk);
+    run(r0, r1, buf.data());
   }
+}
+
+// Y[N x rows] = X[N x cols] · W^T.
+void matmul(int max_threads, const Mat& W, const float* X, int64_t N, float* Y) {
+  const MatOut o{&W, Y};
+  matmul_multi(max_threads, &o, 1, X, N);
 }
 
 struct Layer {
@@ -230,7 +286,135 @@ struct SeqJob {
   float* head_scores;  // [n_kv_heads x len_after] or null
 };
 
+#ifdef LETHE_AVX2
+// out[r*hd + c0 + 8i] = sum_j p_r[j] * V[j][g*hd + c0 + 8i] for RT heads and NC 8-wide column chunks, the
+// accumulators in registers: each V row chunk is loaded (converted) once for all RT heads.
+template <bool F16, int RT, int NC>
+void pv_tile(const void* V, size_t kvd, size_t col0, const float* p, size_t lim, float* out, int hd) {
+  __m256 acc[RT][NC];
+  for (int r = 0; r < RT; r++)
+    for (int i = 0; i < NC; i++) acc[r][i] = _mm256_setzero_ps();
+  for (size_t j = 0; j < lim; j++) {
+    __m256 v[NC];
+    for (int i = 0; i < NC; i++) v[i] = load8<F16>(V, j * kvd + col0 + 8 * i);
+    for (int r = 0; r < RT; r++) {
+      const __m256 pr = _mm256_set1_ps(p[r * lim + j]);
+      for (int i = 0; i < NC; i++) acc[r][i] = _mm256_fmadd_ps(pr, v[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < RT; r++)
+    for (int i = 0; i < NC; i++) _mm256_storeu_ps(out + (size_t)r * hd + 8 * i, acc[r][i]);
+}
+
+template <bool F16, int RT>
+void pv_heads(const void* V, size_t kvd, size_t col, const float* p, size_t lim, float* out, int hd) {
+  int c = 0;
+  for (; c + 32 <= hd; c += 32) pv_tile<F16, RT, 4>(V, kvd, col + c, p, lim, out + c, hd);
+  switch ((hd - c) / 8) {
+    case 3:
+      pv_tile<F16, RT, 3>(V, kvd, col + c, p, lim, out + c, hd);
+      break;
+    case 2:
+      pv_tile<F16, RT, 2>(V, kvd, col + c, p, lim, out + c, hd);
+      break;
+    case 1:
+      pv_tile<F16, RT, 1>(V, kvd, col + c, p, lim, out + c, hd);
+      break;
+  }
+}
+
+// Vectorized attention of one KV head group (head_dim a multiple of 8): per query, the scores of 8 cached
+// rows at a time for each of the group's heads (the 8-row K block is read from memory once, reused from L1 by
+// the other heads; 8 dot products reduced together), a vectorized softmax, then p·V with all heads' outputs
+// in registers. K/V are read as f32 or converted from f16 in registers.
+template <bool F16>
+void attend_group_simd(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, int g, float* logits) {
+  const int hd = m->cfg.head_dim, qd = m->q_dim;
+  const size_t kvd = (size_t)m->kv_dim;
+  const int nrep = m->cfg.n_heads / m->cfg.n_kv_heads;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const int len_after = J.len_before + J.T;
+  float* hs = J.head_scores ? J.head_scores + (size_t)g * len_after : nullptr;
+  if (hs) std::fill(hs, hs + len_after, 0.f);
+  const void* K = L.k.data();
+  const void* V = L.v.data();
+  const size_t col = (size_t)g * hd;
+  for (int t = 0; t < J.T; t++) {
+    const int lim = J.len_before + t + 1;
+    const float* qrow = m->q.data() + (J.tok0 + t) * qd + col * nrep;
+    float* orow = const_cast<float*>(m->att.data()) + (J.tok0 + t) * qd + col * nrep;
+    int j = 0;
+    for (; j + 8 <= lim; j += 8) {
+      for (int r = 0; r < nrep; r++) {
+        const float* qr = qrow + r * hd;
+        __m256 a[8];
+        for (int jj = 0; jj < 8; jj++) a[jj] = _mm256_setzero_ps();
+        for (int c = 0; c < hd; c += 8) {
+          const __m256 qv = _mm256_loadu_ps(qr + c);
+          for (int jj = 0; jj < 8; jj++) {
+            a[jj] = _mm256_fmadd_ps(qv, load8<F16>(K, (size_t)(j + jj) * kvd + col + c), a[jj]);
+          }
+        }
+        _mm256_storeu_ps(logits + (size_t)r * lim + j, _mm256_mul_ps(hsum8x8(a), vscale));
+      }
+    }
+    for (; j < lim; j++) {
+      for (int r = 0; r < nrep; r++) {
+        __m256 a = _mm256_setzero_ps();
+        for (int c = 0; c < hd; c += 8) {
+          a = _mm256_fmadd_ps(_mm256_loadu_ps(qrow + r * hd + c), load8<F16>(K, (size_t)j * kvd + col + c), a);
+        }
+        logits[(size_t)r * lim + j] = hsum256(a) * scale;
+      }
+    }
+    for (int r = 0; r < nrep; r++) {
+      float* p = logits + (size_t)r * lim;
+      float mx = p[0];
+      for (int i = 1; i < lim; i++) mx = std::max(mx, p[i]);
+      const __m256 vmx = _mm256_set1_ps(mx);
+      __m256 vs = _mm256_setzero_ps();
+      int i = 0;
+      for (; i + 8 <= lim; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p + i), vmx));
+        _mm256_storeu_ps(p + i, e);
+        vs = _mm256_add_ps(vs, e);
+      }
+      float sum = hsum256(vs);
+      for (; i < lim; i++) {
+        p[i] = std::exp(p[i] - mx);
+        sum += p[i];
+      }
+      const float inv = 1.f / sum;
+      const __m256 vinv = _mm256_set1_ps(inv);
+      i = 0;
+      for (; i + 8 <= lim; i += 8) _mm256_storeu_ps(p + i, _mm256_mul_ps(_mm256_loadu_ps(p + i), vinv));
+      for (; i < lim; i++) p[i] *= inv;
+    }
+    int r = 0;
+    for (; r + 2 <= nrep; r += 2) {
+      pv_heads<F16, 2>(V, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
+    }
+    if (r < nrep) pv_heads<F16, 1>(V, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
+    if (hs && J.T - 1 - t < J.window) {
+      const float w = (float)std::pow((double)J.decay, (double)(J.T - 1 - t));
+      for (int rr = 0; rr < nrep; rr++) axpy(hs, logits + (size_t)rr * lim, w, lim);
+    }
+  }
+}
+#endif
+
 void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, int g, float* logits) {
+#ifdef LETHE_AVX2
+  if (m->cfg.head_dim % 8 == 0) {
+    if (m->kv_f16) {
+      attend_group_simd<true>(m, L, J, g, logits);
+    } else {
+      attend_group_simd<false>(m, L, J, g, logits);
+    }
+    return;
+  }
+#endif
   const int hd = m->cfg.head_dim, kvd = m->kv_dim, qd = m->q_dim;
   const int nrep = m->cfg.n_heads / m->cfg.n_kv_heads;
   const float scale = 1.0f / std::sqrt((float)hd);
@@ -674,9 +858,10 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
   for (int l = 0; l < NL; l++) {
     const Layer& W = m->layers[l];
     for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.attn_norm.data(), dim, c.norm_eps);
-    matmul(m->max_threads, W.wq, xb, N, m->q.data());
-    matmul(m->max_threads, W.wk, xb, N, m->k.data());
-    matmul(m->max_threads, W.wv, xb, N, m->v.data());
+    {
+      const MatOut qkv[3] = {{&W.wq, m->q.data()}, {&W.wk, m->k.data()}, {&W.wv, m->v.data()}};
+      matmul_multi(m->max_threads, qkv, 3, xb, N);
+    }
     for (int64_t i = 0; i < N; i++) {
       if (!W.bq.empty()) axpy(m->q.data() + i * qd, W.bq.data(), 1.f, qd);
       if (!W.bk.empty()) axpy(m->k.data() + i * kvd, W.bk.data(), 1.f, kvd);
@@ -736,8 +921,10 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     for (int64_t i = 0; i < N * dim; i++) x[i] += xb[i];
     // SwiGLU FFN.
     for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.ffn_norm.data(), dim, c.norm_eps);
-    matmul(m->max_threads, W.w_gate, xb, N, m->hb.data());
-    matmul(m->max_threads, W.w_up, xb, N, m->hb2.data());
+    {
+      const MatOut gate_up[2] = {{&W.w_gate, m->hb.data()}, {&W.w_up, m->hb2.data()}};
+      matmul_multi(m->max_threads, gate_up, 2, xb, N);
+    }
     {
       float* g = m->hb.data();
       const float* u = m->hb2.data();
