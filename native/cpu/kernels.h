@@ -195,6 +195,71 @@ inline float dot1(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// Fused dequantize-and-dot of one quantized / half weight row with x (decode, N = 1): the weight values are
+// exactly those of q8_0_row_to_f32 / q4_0_row_to_f32 / f16_row_to_f32 and the accumulation order is dot1's,
+// so the result equals dot1(dequantized row, x) without writing the row out.
+#ifdef LETHE_AVX2
+inline float dot_q8_0(const uint8_t* row, const float* x, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK; b++) {
+    const uint8_t* blk = row + b * Q8_0_BYTES;
+    const __m256 vd = _mm256_set1_ps(f16_to_f32(load_u16(blk)));
+    const int8_t* q = (const int8_t*)(blk + 2);
+    const float* xb = x + b * QK;
+#define LETHE_Q8_W(j) \
+  _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + (j))))), vd)
+    a0 = _mm256_fmadd_ps(LETHE_Q8_W(0), _mm256_loadu_ps(xb), a0);
+    a1 = _mm256_fmadd_ps(LETHE_Q8_W(8), _mm256_loadu_ps(xb + 8), a1);
+    a2 = _mm256_fmadd_ps(LETHE_Q8_W(16), _mm256_loadu_ps(xb + 16), a2);
+    a3 = _mm256_fmadd_ps(LETHE_Q8_W(24), _mm256_loadu_ps(xb + 24), a3);
+#undef LETHE_Q8_W
+  }
+  return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+inline float dot_f16(const uint16_t* w, const float* x, int64_t n) {
+  int64_t i = 0;
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps();
+#define LETHE_H8(k) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + (k))))
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(LETHE_H8(i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(LETHE_H8(i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_fmadd_ps(LETHE_H8(i + 16), _mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_fmadd_ps(LETHE_H8(i + 24), _mm256_loadu_ps(x + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LETHE_H8(i), _mm256_loadu_ps(x + i), a0);
+#undef LETHE_H8
+  float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  for (; i < n; i++) s += f16_to_f32(w[i]) * x[i];
+  return s;
+}
+
+inline float dot_q4_0(const uint8_t* row, const float* x, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps();
+  const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+  for (int64_t b = 0; b < n / QK; b++) {
+    const uint8_t* blk = row + b * Q4_0_BYTES;
+    const __m256 vd = _mm256_set1_ps(f16_to_f32(load_u16(blk)));
+    const __m128i raw = _mm_loadu_si128((const __m128i*)(blk + 2));
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+    const float* xb = x + b * QK;
+    const __m256 w0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), vd);
+    const __m256 w1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), vd);
+    const __m256 w2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), vd);
+    const __m256 w3 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), vd);
+    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), a0);
+    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), a1);
+    a2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), a2);
+    a3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), a3);
+  }
+  return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+#endif
+
 // w · x0..x3 (four activation rows against one hot weight row).
 inline void dot4(const float* w, const float* x0, const float* x1, const float* x2, const float* x3, int64_t n,
                  float* out) {

@@ -107,6 +107,20 @@ void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy,
   const int64_t cols = W.cols;
   int64_t r = r0;
   if (N == 1) {  // decode: one sequential stream per row is faster than 4 interleaved ones
+#ifdef LETHE_AVX2
+    if (W.type == LETHE_TYPE_Q8_0) {  // dequantize in registers (same values and order as below)
+      for (; r < r1; r++) Y[r] = dot_q8_0(W.row(r), X, cols);
+      return;
+    }
+    if (W.type == LETHE_TYPE_Q4_0) {
+      for (; r < r1; r++) Y[r] = dot_q4_0(W.row(r), X, cols);
+      return;
+    }
+    if (W.type == LETHE_TYPE_F16) {
+      for (; r < r1; r++) Y[r] = dot_f16((const uint16_t*)W.row(r), X, cols);
+      return;
+    }
+#endif
     for (; r < r1; r++) Y[r] = dot1(rows_f32(W, r, 1, buf), X, cols);
     return;
   }
