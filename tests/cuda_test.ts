@@ -5,19 +5,25 @@
  * fails cleanly ("no CUDA device: …") from lethe_device_count, lethe_model_create and openCudaBackend.
  * Where a device exists (device count > 0) the GPU tests run instead: logits and attention scores agree with
  * the TypeScript reference on stories260K over a prefill and 64 decode steps, greedy output equals the golden
- * text, quantized weight types agree, batching and KV compaction / export / import behave like the reference.
- * Without a device those are ignored, and the reason is printed.
+ * text, quantized weight types agree, batching and KV compaction / export / import behave like the reference,
+ * and so does the f16 KV cache (kv_type 1) against the ts reference with kvPrecision "f16".
+ * Without a device those are ignored, and the reason is printed. The host-emulator build of the same sources
+ * (native/cuda/emu/cuda_emu.h) runs a shorter version of those tests everywhere g++ exists.
  *
  * Tolerance as for the CPU library: logits max |cuda − ts| ≤ 1e-4 · max(1, max |ts logit|); scores ≤ 1e-4 ·
- * nHeads absolute.
+ * nHeads absolute. f16 KV caches (as in tests/native_test.ts): both sides round the same K/V values to half, but
+ * a value whose two f32 computations differ in the last bit can land on the two sides of a rounding boundary,
+ * so logits/scores are compared with the f16 unit roundoff (5e-4) instead, and the caches themselves are
+ * compared at every step: bit-equal but for a few percent of the elements, each within one f16 ulp (+ 5e-4 of
+ * the layer's largest value).
  */
 import assert from "node:assert/strict";
 import { dirname, resolve } from "node:path";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
 import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
-import type { Backend, StepInput, StepOutput } from "../src/engine/backend.ts";
-import type { HostKVCache } from "../src/kv/cache.ts";
+import type { Backend, KVPrecision, StepInput, StepOutput } from "../src/engine/backend.ts";
+import { HostKVCache } from "../src/kv/cache.ts";
 import { runSequence, Sequence } from "../src/engine/sequence.ts";
 import { GREEDY } from "../src/engine/sampler.ts";
 import { createPolicy } from "../src/kv/policy.ts";
@@ -107,7 +113,7 @@ function configBytes(c: Partial<Record<string, number>> = {}): Uint8Array {
   dv.setInt32(36, 0, true);
   dv.setInt32(40, 0, true);
   dv.setInt32(44, c.device ?? 0, true);
-  dv.setInt32(48, 0, true);
+  dv.setInt32(48, c.kvType ?? 0, true); // kv_type: 0 = f32, 1 = f16
   return new Uint8Array(b);
 }
 
@@ -145,6 +151,16 @@ Deno.test({
     assert.match(cstr(lib.lethe_last_error()), /dimensions out of range/);
     assert.equal(lib.lethe_model_create(null), null);
     assert.match(cstr(lib.lethe_last_error()), /cfg is NULL/);
+    for (const kvType of [2, -1]) {
+      assert.equal(lib.lethe_model_create(configBytes({ kvType })), null);
+      assert.match(
+        cstr(lib.lethe_last_error()),
+        new RegExp(`unknown kv_type ${kvType} \\(0 = f32, 1 = f16\\)`),
+      );
+    }
+    // f16 (kv_type 1) is a valid config: it too fails only on the missing device.
+    assert.equal(lib.lethe_model_create(configBytes({ kvType: 1 })), null);
+    assert.match(cstr(lib.lethe_last_error()), /^no CUDA device: \S/);
 
     assert.equal(local.probe?.devices, -1);
     assert.match(local.probe?.error ?? "", /^no CUDA device: \S/);
@@ -186,10 +202,45 @@ function assertClose(got: Float32Array, want: Float32Array, tol: number, what: s
   );
 }
 
-function assertStep(got: StepOutput, want: StepOutput, nHeads: number, what: string): void {
-  assertClose(got.logits, want.logits, 1e-4 * Math.max(1, maxAbs(want.logits)), `${what} logits`);
+/** Relative tolerance of logits/scores: 1e-4 with f32 KV rows, the f16 unit roundoff with f16 rows. */
+const F16_REL = 5e-4;
+function relTol(p: KVPrecision): number {
+  return p === "f16" ? F16_REL : 1e-4;
+}
+
+function assertStep(got: StepOutput, want: StepOutput, nHeads: number, what: string, rel = 1e-4): void {
+  assertClose(got.logits, want.logits, rel * Math.max(1, maxAbs(want.logits)), `${what} logits`);
   assert.equal(got.scores?.length, want.scores?.length, `${what}: score layers`);
-  want.scores?.forEach((s, l) => assertClose(got.scores![l], s, 1e-4 * nHeads, `${what} scores layer ${l}`));
+  want.scores?.forEach((s, l) => assertClose(got.scores![l], s, rel * nHeads, `${what} scores layer ${l}`));
+}
+
+/**
+ * Two f16 caches hold the same rows: equal positions, every value an f16 value within one f16 ulp (+ F16_REL of
+ * the layer's largest value) of the other, and at most `maxFrac` of the values not bit-identical.
+ */
+function assertSameF16Cache(a: HostKVCache, b: HostKVCache, maxFrac: number, what: string): void {
+  assert.equal(a.precision, "f16");
+  assert.equal(b.precision, "f16");
+  let differ = 0, total = 0;
+  for (let l = 0; l < a.shape.nLayers; l++) {
+    assert.equal(a.len[l], b.len[l], `${what}: layer ${l} length`);
+    assert.deepEqual(a.positions(l), b.positions(l));
+    const d = a.kvDim * a.len[l];
+    for (const [x, y] of [[a.k[l], b.k[l]], [a.v[l], b.v[l]]]) {
+      const tol = F16_REL * maxAbs(y.subarray(0, d));
+      for (let i = 0; i < d; i++) {
+        total++;
+        if (x[i] !== Math.f16round(x[i])) {
+          assert.fail(`${what}: layer ${l} value ${x[i]} is not an f16 value`);
+        }
+        if (x[i] === y[i]) continue;
+        differ++;
+        const ulp = 2 ** (Math.floor(Math.log2(Math.max(Math.abs(y[i]), 2 ** -14))) - 10);
+        assert.ok(Math.abs(x[i] - y[i]) <= ulp + tol, `${what}: layer ${l} values ${x[i]} vs ${y[i]}`);
+      }
+    }
+  }
+  assert.ok(differ <= maxFrac * total, `${what}: ${differ} of ${total} f16 values differ`);
 }
 
 function argmax(a: Float32Array): number {
@@ -198,8 +249,13 @@ function argmax(a: Float32Array): number {
   return b;
 }
 
-/** Prefill `prompt` in one call, then greedy-decode `steps` tokens; logits and scores compared every step. */
+/**
+ * Prefill `prompt` in one call, then greedy-decode `steps` tokens; logits and scores compared every step (and
+ * the caches themselves with f16 KV rows).
+ */
 async function compareDecode(gpu: Backend, ts: Backend, prompt: number[], steps: number): Promise<void> {
+  assert.equal(gpu.kvPrecision, ts.kvPrecision);
+  const rel = relTol(gpu.kvPrecision);
   const kg = gpu.createKV(), kt = ts.createKV();
   const scores = { decay: 0.95, window: 1 << 30 };
   let tokens = prompt;
@@ -207,7 +263,8 @@ async function compareDecode(gpu: Backend, ts: Backend, prompt: number[], steps:
     const logits = step === 0 ? "all" : "last";
     const [og] = await gpu.forward([{ kv: kg, tokens, logits, scores }]);
     const [ot] = await ts.forward([{ kv: kt, tokens, logits, scores }]);
-    assertStep(og, ot, gpu.config.nHeads, `step ${step}`);
+    assertStep(og, ot, gpu.config.nHeads, `step ${step}`, rel);
+    if (gpu.kvPrecision === "f16") assertSameF16Cache(kg.toHost(), kt.toHost(), 0.05, `step ${step} cache`);
     for (let l = 0; l < gpu.config.nLayers; l++) {
       assert.equal(kg.length(l), kt.length(l));
       assert.deepEqual(kg.positions(l), kt.positions(l));
@@ -218,11 +275,12 @@ async function compareDecode(gpu: Backend, ts: Backend, prompt: number[], steps:
   kg.free();
 }
 
-async function agreeStories(path: string, steps: number): Promise<void> {
+async function agreeStories(path: string, steps: number, kvPrecision: KVPrecision = "f32"): Promise<void> {
   const model = await loadModel(STORIES);
-  const gpu = await openCudaBackend(model.config, model.weights, { path });
+  const gpu = await openCudaBackend(model.config, model.weights, { path, kvPrecision });
   try {
-    const ts = createTsBackend(model.config, model.weights);
+    assert.equal(gpu.kvPrecision, kvPrecision);
+    const ts = createTsBackend(model.config, model.weights, { kvPrecision });
     await compareDecode(gpu, ts, model.tokenizer.encode("Once upon a time", { addBos: true }), steps);
   } finally {
     gpu.dispose();
@@ -360,11 +418,12 @@ async function agreeTypes(
 }
 
 /** Batched = alone; per-layer compaction, then decoding; export equals the reference; import reproduces. */
-async function batchAndCompaction(path: string): Promise<void> {
+async function batchAndCompaction(path: string, kvPrecision: KVPrecision = "f32"): Promise<void> {
   const model = await loadModel(STORIES);
   const { config } = model;
-  const gpu = await openCudaBackend(config, model.weights, { path });
-  const ts = createTsBackend(config, model.weights);
+  const gpu = await openCudaBackend(config, model.weights, { path, kvPrecision });
+  const ts = createTsBackend(config, model.weights, { kvPrecision });
+  const rel = relTol(kvPrecision);
   try {
     const a = model.tokenizer.encode("Tom had a red ball. He", { addBos: true });
     const b = model.tokenizer.encode("The cat", { addBos: true });
@@ -377,8 +436,8 @@ async function batchAndCompaction(path: string): Promise<void> {
     const [ta] = await ts.forward([{ kv: ts.createKV(), tokens: a, logits: "all", scores }]);
     const kT = ts.createKV();
     const [tb] = await ts.forward([{ kv: kT, tokens: b, logits: "last", scores }]);
-    assertStep(oa, ta, config.nHeads, "batch seq A");
-    assertStep(ob, tb, config.nHeads, "batch seq B");
+    assertStep(oa, ta, config.nHeads, "batch seq A", rel);
+    assertStep(ob, tb, config.nHeads, "batch seq B", rel);
 
     for (let l = 0; l < config.nLayers; l++) {
       const n = kB.length(l);
@@ -392,22 +451,33 @@ async function batchAndCompaction(path: string): Promise<void> {
     for (let step = 0; step < 5; step++) {
       const [og] = await gpu.forward([{ kv: kB, tokens: tok, logits: "last", scores }]);
       const [ot] = await ts.forward([{ kv: kT, tokens: tok, logits: "last", scores }]);
-      assertStep(og, ot, config.nHeads, `after compaction step ${step}`);
+      assertStep(og, ot, config.nHeads, `after compaction step ${step}`, rel);
       tok = [argmax(ot.logits)];
     }
     const host = kB.toHost();
     const ref = (kT as HostKVCache).toHost();
     assert.equal(host.nextPos, ref.nextPos);
+    assert.equal(host.precision, kvPrecision);
+    assert.equal(kB.bytes(), kT.bytes(), "bytes at the stored element size, as the reference counts them");
     for (let l = 0; l < config.nLayers; l++) {
       const n = ref.length(l), d = ref.kvDim;
       assert.equal(host.length(l), n);
       assert.deepEqual(host.positions(l), ref.positions(l));
+      if (kvPrecision === "f16") continue; // compared below, value by value
       assertClose(host.k[l].subarray(0, n * d), ref.k[l].subarray(0, n * d), 1e-4, `K layer ${l}`);
       assertClose(host.v[l].subarray(0, n * d), ref.v[l].subarray(0, n * d), 1e-4, `V layer ${l}`);
     }
+    if (kvPrecision === "f16") assertSameF16Cache(host, ref, 0.05, "export after compaction");
     const kC = gpu.createKV();
     kC.loadFrom(host);
     assert.equal(kC.bytes(), kB.bytes());
+    const back = kC.toHost(); // kv_write then kv_read: bit-exact (f16 values stay f16 values)
+    for (let l = 0; l < config.nLayers; l++) {
+      const d = host.kvDim * host.len[l];
+      assert.deepEqual(back.k[l].subarray(0, d), host.k[l].subarray(0, d));
+      assert.deepEqual(back.v[l].subarray(0, d), host.v[l].subarray(0, d));
+      assert.deepEqual(back.positions(l), host.positions(l));
+    }
     const input: StepInput = { kv: kB, tokens: tok, logits: "last", scores };
     const [fromB] = await gpu.forward([input]);
     const [fromC] = await gpu.forward([{ ...input, kv: kC }]);
@@ -418,6 +488,111 @@ async function batchAndCompaction(path: string): Promise<void> {
     kC.free();
   } finally {
     gpu.dispose();
+  }
+}
+
+/**
+ * f16 KV rows specifically: bytes halve against an f32 cache of the same rows, exported values are the f32 rows
+ * rounded, kv_write/kv_read round trips bit-exactly (decoding continues identically), an f32 snapshot is rounded
+ * on load exactly like HostKVCache("f16").loadFrom, rounding edge cases equal Math.f16round, and the f16 rows
+ * really change the logits.
+ */
+async function f16KVRoundTrip(path: string): Promise<void> {
+  const model = await loadModel(STORIES);
+  const { config } = model;
+  const g16 = await openCudaBackend(config, model.weights, { path, kvPrecision: "f16" });
+  const g32 = await openCudaBackend(config, model.weights, { path });
+  try {
+    assert.equal(g16.kvPrecision, "f16");
+    assert.match(g16.description, /f16 KV/);
+    const prompt = model.tokenizer.encode("Once upon a time, there was a girl", { addBos: true });
+    const k16 = g16.createKV(), k32 = g32.createKV();
+    const [o16] = await g16.forward([{ kv: k16, tokens: prompt, logits: "all" }]);
+    const [o32] = await g32.forward([{ kv: k32, tokens: prompt, logits: "all" }]);
+    let d = 0;
+    for (let i = 0; i < o16.logits.length; i++) d = Math.max(d, Math.abs(o16.logits[i] - o32.logits[i]));
+    assert.ok(d > 0, "f16 KV rows change the logits (not an f32 run in disguise)");
+    const keep = Int32Array.from([0, 3, 4, 7, prompt.length - 1]);
+    k16.compact(1, keep);
+    k32.compact(1, keep);
+    assert.equal(k16.bytes() * 2, k32.bytes(), "f16 rows take half the bytes");
+    const host = k16.toHost(), h32 = k32.toHost();
+    assert.equal(host.precision, "f16");
+    assert.equal(host.bytes(), k16.bytes());
+    for (let l = 0; l < config.nLayers; l++) {
+      assert.deepEqual(host.positions(l), h32.positions(l));
+      const n = host.kvDim * host.len[l];
+      for (const [a, b] of [[host.k[l], h32.k[l]], [host.v[l], h32.v[l]]]) {
+        for (let i = 0; i < n; i++) {
+          if (a[i] !== Math.f16round(a[i])) assert.fail(`layer ${l}: ${a[i]} is not an f16 value`);
+          // Layer 0's K/V are computed from the same inputs by the same kernels in both caches: the f16 rows
+          // are exactly the f32 rows rounded by Math.f16round (the append kernel's rounding, bit for bit).
+          if (l === 0 && !Object.is(a[i], Math.f16round(b[i]))) {
+            assert.fail(
+              `layer 0 element ${i}: f16 row holds ${a[i]}, Math.f16round(${b[i]}) = ${Math.f16round(b[i])}`,
+            );
+          }
+        }
+      }
+    }
+    // Round trip: write back, read again, bit-exact; decoding continues identically.
+    const back = g16.createKV();
+    back.loadFrom(host);
+    const again = back.toHost();
+    for (let l = 0; l < config.nLayers; l++) {
+      const n = host.kvDim * host.len[l];
+      assert.deepEqual(again.k[l].subarray(0, n), host.k[l].subarray(0, n));
+      assert.deepEqual(again.v[l].subarray(0, n), host.v[l].subarray(0, n));
+      assert.deepEqual(again.positions(l), host.positions(l));
+    }
+    assert.equal(back.bytes(), k16.bytes());
+    const scores = { decay: 0.9, window: 3 };
+    const [a] = await g16.forward([{ kv: k16, tokens: [7], logits: "last", scores }]);
+    const [b] = await g16.forward([{ kv: back, tokens: [7], logits: "last", scores }]);
+    assert.deepEqual(a.logits, b.logits);
+    assert.deepEqual(a.scores, b.scores);
+    // An f32 snapshot loaded into an f16 cache is rounded exactly like HostKVCache("f16").loadFrom.
+    const fromF32 = g16.createKV();
+    fromF32.loadFrom(h32);
+    const want = new HostKVCache(h32.shape, 1, "f16");
+    want.loadFrom(h32);
+    const got = fromF32.toHost();
+    for (let l = 0; l < config.nLayers; l++) {
+      const n = want.kvDim * want.len[l];
+      assert.deepEqual(got.k[l].subarray(0, n), want.k[l].subarray(0, n));
+      assert.deepEqual(got.v[l].subarray(0, n), want.v[l].subarray(0, n));
+    }
+    // Rounding edge cases through the library: ties to even, overflow to inf, subnormals, -0.
+    const kvd = config.nKVHeads * config.headDim;
+    const edge = [
+      1 + 2 ** -11, // tie: rounds down to 1 (even)
+      1 + 3 * 2 ** -11, // tie: rounds up to 1 + 2^-9
+      65519.99, // just below the inf threshold: 65504
+      65520, // overflows to inf
+      -70000,
+      2 ** -25, // tie at the smallest subnormal: rounds to 0
+      3 * 2 ** -25, // rounds up to 2^-23
+      2 ** -14 - 2 ** -25, // tie between the largest subnormal and the smallest normal: up to 2^-14
+      1e-6,
+      -0,
+      Math.PI,
+      1 / 3,
+    ];
+    const row = new Float32Array(kvd);
+    for (let i = 0; i < kvd; i++) row[i] = edge[i % edge.length] * (i >= edge.length ? -1.5 : 1);
+    const e = new HostKVCache(host.shape, 1, "f32");
+    for (let l = 0; l < config.nLayers; l++) e.append(l, row, row, 0);
+    const ekv = g16.createKV();
+    ekv.loadFrom(e);
+    const eh = ekv.toHost();
+    for (let i = 0; i < kvd; i++) {
+      assert.ok(Object.is(eh.k[0][i], Math.f16round(row[i])), `f16(${row[i]}) = ${eh.k[0][i]}`);
+      assert.ok(Object.is(eh.v[config.nLayers - 1][i], Math.f16round(row[i])));
+    }
+    for (const kv of [k16, k32, back, fromF32, ekv]) kv.free();
+  } finally {
+    g16.dispose();
+    g32.dispose();
   }
 }
 
@@ -451,6 +626,17 @@ Deno.test({
   name: "cuda (GPU): a batch equals each sequence alone; compaction, export and import match the reference",
   ignore: noGpu,
   fn: () => batchAndCompaction(GPU_LIB),
+});
+
+Deno.test({
+  name:
+    "cuda (GPU): f16 KV cache matches ts f16 (64 decode steps, batch, compaction, kv_read/kv_write, bytes)",
+  ignore: noGpu,
+  async fn() {
+    await agreeStories(GPU_LIB, 64, "f16");
+    await batchAndCompaction(GPU_LIB, "f16");
+    await f16KVRoundTrip(GPU_LIB);
+  },
 });
 
 // ---------- the same kernels on the host emulator (runs without a GPU) ----------
@@ -532,23 +718,54 @@ const emu = await buildEmulated();
 if (!emu.path) console.log(`cuda: host-emulator test ignored: ${emu.error}`);
 
 Deno.test({
-  name: "cuda (host emulator): the CUDA kernels agree with ts (stories260K, weight types, batch, compaction)",
+  name:
+    "cuda (host emulator): the CUDA kernels agree with ts (stories260K, weight types, batch, compaction, f16 KV)",
   ignore: !emu.path,
-  async fn() {
+  async fn(t) {
     const path = emu.path!;
     try {
-      const info = probeCuda(path);
-      assert.equal(info.devices, 1);
-      assert.match(info.info, /host emulator/);
-      await agreeStories(path, 6);
-      await agreeTypes(path, [
-        { type: GGMLType.F16, rope: "half" },
-        { type: GGMLType.BF16, rope: "interleaved" },
-        { type: GGMLType.Q8_0, rope: "half" },
-        { type: GGMLType.Q4_0, rope: "interleaved" },
-      ], 2);
-      await batchAndCompaction(path);
-      await longPrefillAndErrors(path);
+      await t.step(
+        "f32 KV: stories260K, weight types, batch, compaction, worker-thread prefill, errors",
+        async () => {
+          const info = probeCuda(path);
+          assert.equal(info.devices, 1);
+          assert.match(info.info, /host emulator/);
+          await agreeStories(path, 6);
+          await agreeTypes(path, [
+            { type: GGMLType.F16, rope: "half" },
+            { type: GGMLType.BF16, rope: "interleaved" },
+            { type: GGMLType.Q8_0, rope: "half" },
+            { type: GGMLType.Q4_0, rope: "interleaved" },
+          ], 2);
+          await batchAndCompaction(path);
+          await longPrefillAndErrors(path);
+        },
+      );
+      await t.step(
+        "f16 KV (kv_type 1): matches ts f16 step by step; compaction; round trips; bytes halve",
+        async () => {
+          // kv_type is validated: f16 accepted, anything else a clear error.
+          const lib = Deno.dlopen(path, RAW_SYMBOLS);
+          try {
+            const sym = lib.symbols;
+            for (const kvType of [2, -1, 0x10000]) {
+              assert.equal(sym.lethe_model_create(configBytes({ kvType })), null);
+              assert.match(
+                cstr(sym.lethe_last_error()),
+                new RegExp(`unknown kv_type ${kvType} \\(0 = f32, 1 = f16\\)`),
+              );
+            }
+            const m16 = sym.lethe_model_create(configBytes({ kvType: 1 }));
+            assert.notEqual(m16, null, cstr(sym.lethe_last_error()));
+            sym.lethe_model_free(m16);
+          } finally {
+            lib.close();
+          }
+          await agreeStories(path, 6, "f16");
+          await batchAndCompaction(path, "f16");
+          await f16KVRoundTrip(path);
+        },
+      );
     } finally {
       await Deno.remove(dirname(path), { recursive: true }); // the loaded library stays mapped
     }

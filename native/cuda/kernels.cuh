@@ -242,12 +242,13 @@ __global__ void rope_kernel(float* __restrict__ q, float* __restrict__ k, const 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Per (layer, row) attention metadata, built on the host for every forward.
+// Per (layer, row) attention metadata, built on the host for every forward. The K/V pointers address rows of
+// the cache's element type (float, or __half for LETHE_KV_F16); the kernels are instantiated for both.
 struct RowMeta {
-  float* kdst;          // where this row's K goes in its sequence's layer cache
-  float* vdst;          // where this row's V goes
-  const float* kbase;   // the sequence's layer K rows (row j at kbase + j·kvDim)
-  const float* vbase;   // the sequence's layer V rows
+  void* kdst;           // where this row's K goes in its sequence's layer cache
+  void* vdst;           // where this row's V goes
+  const void* kbase;    // the sequence's layer K rows (row j at kbase + j·kvDim elements)
+  const void* vbase;    // the sequence's layer V rows
   int64_t attOff;       // offset of this row's [nHeads × nvis] probabilities in the chunk's scratch
   int32_t nvis;         // rows visible to this query: cached-before-step + own index within step + 1
   int32_t pad;
@@ -262,15 +263,26 @@ struct ScoreJob {
   int64_t outOff;    // offset of the len scores in the output buffer
 };
 
-// Append the step's K/V rows to the caches. grid = n, block = ROW_THREADS.
+// KV cache elements: f32 rows, or IEEE-half rows (stored rounded to nearest even with __float2half_rn, exactly
+// JS Math.f16round; read back exactly with __half2float, arithmetic stays f32).
+__device__ __forceinline__ float kv_load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ void kv_store(float* p, int64_t i, float x) { p[i] = x; }
+__device__ __forceinline__ void kv_store(__half* p, int64_t i, float x) { p[i] = __float2half_rn(x); }
+
+// Append the step's K/V rows (f32 from the projections) to the caches of element type KV. grid = n,
+// block = ROW_THREADS.
+template <typename KV>
 __global__ void kv_append_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                  const RowMeta* __restrict__ meta, int kvDim, int n) {
   const int r = blockIdx.x;
   if (r >= n) return;
   const RowMeta m = meta[r];
+  KV* kd = static_cast<KV*>(m.kdst);
+  KV* vd = static_cast<KV*>(m.vdst);
   for (int i = threadIdx.x; i < kvDim; i += blockDim.x) {
-    m.kdst[i] = k[(int64_t)r * kvDim + i];
-    m.vdst[i] = v[(int64_t)r * kvDim + i];
+    kv_store(kd, i, k[(int64_t)r * kvDim + i]);
+    kv_store(vd, i, v[(int64_t)r * kvDim + i]);
   }
 }
 
@@ -278,6 +290,8 @@ __global__ void kv_append_kernel(const float* __restrict__ k, const float* __res
 //   p_j = softmax_j(q·K_j / sqrt(hd)) over the row's nvis visible cache rows (causal inside the step),
 //   out = Σ_j p_j V_j.
 // The probabilities stay in `att` (chunk scratch) for the score kernel. block = ATTN_THREADS; hd <= MAX_HEAD_DIM.
+// KV is the cache element type (float or __half); products and sums are f32 either way.
+template <typename KV>
 __global__ void attention_kernel(const float* __restrict__ q, const RowMeta* __restrict__ meta, float* att,
                                  float* __restrict__ out, int r0, int nHeads, int nKV, int hd) {
   __shared__ float qs[MAX_HEAD_DIM];
@@ -294,11 +308,13 @@ __global__ void attention_kernel(const float* __restrict__ q, const RowMeta* __r
   const int nvis = m.nvis;
   float* p = att + m.attOff + (int64_t)h * nvis;
   const float invSqrt = (float)(1.0 / sqrt((double)hd));
+  const KV* kbase = static_cast<const KV*>(m.kbase);
+  const KV* vbase = static_cast<const KV*>(m.vbase);
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < nvis; j += blockDim.x) {
-    const float* kr = m.kbase + (int64_t)j * kvDim + (int64_t)kvh * hd;
+    const KV* kr = kbase + (int64_t)j * kvDim + (int64_t)kvh * hd;
     float s = 0.f;
-    for (int d = 0; d < hd; ++d) s += qs[d] * kr[d];
+    for (int d = 0; d < hd; ++d) s += qs[d] * kv_load(kr, d);
     s *= invSqrt;
     p[j] = s;
     mx = fmaxf(mx, s);
@@ -315,9 +331,9 @@ __global__ void attention_kernel(const float* __restrict__ q, const RowMeta* __r
   for (int j = threadIdx.x; j < nvis; j += blockDim.x) p[j] *= inv;
   __syncthreads();  // every p_j written by its owner thread is visible to the whole block
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    const float* vc = m.vbase + (int64_t)kvh * hd + d;
+    const KV* vc = vbase + (int64_t)kvh * hd + d;
     float o = 0.f;
-    for (int j = 0; j < nvis; ++j) o += p[j] * vc[(int64_t)j * kvDim];
+    for (int j = 0; j < nvis; ++j) o += p[j] * kv_load(vc, (int64_t)j * kvDim);
     out[(int64_t)r * qDim + (int64_t)h * hd + d] = o;
   }
 }
@@ -356,12 +372,14 @@ __global__ void swiglu_kernel(float* __restrict__ g, const float* __restrict__ u
   g[i] = (x / (1.f + expf(-x))) * u[i];
 }
 
-// Gather rows: dst[i, :] = src[idx[i], :]. grid = n, block = ROW_THREADS.
-__global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ idx,
-                                   float* __restrict__ dst, int d, int n) {
+// Gather rows of d elements of T: dst[i, :] = src[idx[i], :]. grid = n, block = ROW_THREADS. T = float for
+// activations and f32 KV rows, unsigned short to move f16 KV rows bit for bit.
+template <typename T>
+__global__ void gather_rows_kernel(const T* __restrict__ src, const int32_t* __restrict__ idx,
+                                   T* __restrict__ dst, int d, int n) {
   const int i = blockIdx.x;
   if (i >= n) return;
-  const float* s = src + (int64_t)idx[i] * d;
+  const T* s = src + (int64_t)idx[i] * d;
   for (int c = threadIdx.x; c < d; c += blockDim.x) dst[(int64_t)i * d + c] = s[c];
 }
 

@@ -3,7 +3,11 @@
 // - Weights live on the device in their file encoding (F32, F16, BF16, Q8_0, Q4_0; dequantized inside the
 //   kernels); norms and biases are converted to f32 on upload.
 // - Each sequence's KV cache lives on the device: per layer one K and one V buffer of `cap` rows of
-//   nKV·headDim floats (grown by doubling), plus the rows' original positions in host memory.
+//   nKV·headDim elements (grown by doubling), plus the rows' original positions in host memory. Elements are
+//   f32, or IEEE half with lethe_config.kv_type = LETHE_KV_F16: rows are rounded to nearest even
+//   (__float2half_rn, exactly JS Math.f16round) when appended by the forward or written by lethe_kv_write,
+//   attention converts them back to f32 in registers, lethe_kv_read returns them as f32 (exactly the halves)
+//   and lethe_kv_bytes counts 2 bytes per element.
 // - lethe_forward runs every sequence's new tokens as one [N × dim] batch through the matmuls (each weight row
 //   is read once per 8 activation rows), attention per sequence over its own cache, and synchronises with the
 //   host once: a single device→host copy of the logits and scores at the end.
@@ -200,11 +204,13 @@ struct lethe_model {
   DevBuf x, xb, q, k, v, ao, hb, hb2, xl, att, meta, out;  // forward scratch
   std::vector<uint8_t> hmeta;
   std::vector<float> hout;
+  bool kvF16 = false;  // K/V rows stored as __half (cfg.kv_type == LETHE_KV_F16)
+  int kvEs = 4;        // bytes per stored K/V element
 };
 
 struct KVLayer {
-  float* k = nullptr;
-  float* v = nullptr;
+  uint8_t* k = nullptr;  // [cap x kvDim] elements of kvEs bytes (float or __half)
+  uint8_t* v = nullptr;
   int32_t len = 0, cap = 0;
   std::vector<int32_t> pos;
 };
@@ -321,6 +327,10 @@ static bool validate_config(const lethe_config* c) {
     set_error("lethe_model_create: bad device ordinal %d", c->device);
     return false;
   }
+  if (c->kv_type != LETHE_KV_F32 && c->kv_type != LETHE_KV_F16) {
+    set_error("lethe_model_create: unknown kv_type %d (0 = f32, 1 = f16)", c->kv_type);
+    return false;
+  }
   return true;
 }
 
@@ -366,6 +376,8 @@ extern "C" LETHE_API lethe_model* lethe_model_create(const lethe_config* cfg) {
     lethe_model* m = new lethe_model();
     m->cfg = *cfg;
     m->device = cfg->device;
+    m->kvF16 = cfg->kv_type == LETHE_KV_F16;
+    m->kvEs = m->kvF16 ? 2 : 4;
     m->layers.assign(cfg->n_layers, std::vector<DevTensor>(LETHE_TENSOR_KIND_COUNT));
     if (!cuda_ok(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreate")) {
       m->stream = nullptr;
@@ -456,8 +468,8 @@ static void kv_layer_free(KVLayer& L) {
 }
 
 // Replaces L's buffers with fresh ones of `cap` rows (contents not kept, len untouched).
-static bool kv_alloc(lethe_kv* kv, int64_t cap, float** k, float** v) {
-  const size_t bytes = (size_t)cap * (size_t)kv->kvDim * 4;
+static bool kv_alloc(lethe_kv* kv, int64_t cap, uint8_t** k, uint8_t** v) {
+  const size_t bytes = (size_t)cap * (size_t)kv->kvDim * kv->m->kvEs;
   *k = *v = nullptr;
   if (!cuda_ok(cudaMalloc((void**)k, bytes), "cudaMalloc (kv)")) return false;
   if (!cuda_ok(cudaMalloc((void**)v, bytes), "cudaMalloc (kv)")) {
@@ -484,10 +496,10 @@ static bool kv_reserve(lethe_kv* kv, int l, int64_t need) {
     return false;
   }
   const int64_t cap = grown_capacity(L.cap, need);
-  float *k, *v;
+  uint8_t *k, *v;
   if (!kv_alloc(kv, cap, &k, &v)) return false;
   cudaStream_t st = kv->m->stream;
-  const size_t used = (size_t)L.len * (size_t)kv->kvDim * 4;
+  const size_t used = (size_t)L.len * (size_t)kv->kvDim * kv->m->kvEs;
   bool ok = true;
   if (used > 0) {
     ok = cuda_ok(cudaMemcpyAsync(k, L.k, used, cudaMemcpyDeviceToDevice, st), "cudaMemcpyAsync (kv grow)") &&
@@ -566,18 +578,23 @@ static bool kv_compact_impl(lethe_kv* kv, int32_t layer, const int32_t* keep, in
   if (n > 0) {
     if (!set_device(kv->device)) return false;
     cudaStream_t st = kv->m->stream;
-    float *k, *v;
+    uint8_t *k, *v;
     if (!kv_alloc(kv, L.cap, &k, &v)) return false;
     int32_t* dkeep = nullptr;
     bool ok = cuda_ok(cudaMalloc((void**)&dkeep, (size_t)n * 4), "cudaMalloc (compact)") &&
               cuda_ok(cudaMemcpyAsync(dkeep, keep, (size_t)n * 4, cudaMemcpyHostToDevice, st),
                       "cudaMemcpyAsync (compact)");
-    if (ok) {
-      LAUNCH(gather_rows_kernel, n, ROW_THREADS, 0, st, L.k, dkeep, k, (int)kv->kvDim, n);
-      ok = cuda_ok(cudaGetLastError(), "gather (compact) launch");
-    }
-    if (ok) {
-      LAUNCH(gather_rows_kernel, n, ROW_THREADS, 0, st, L.v, dkeep, v, (int)kv->kvDim, n);
+    // Rows move bit for bit: 4-byte floats, or 2-byte halves (as unsigned short).
+    const int d = (int)kv->kvDim;
+    for (int which = 0; ok && which < 2; which++) {
+      uint8_t* src = which == 0 ? L.k : L.v;
+      uint8_t* dst = which == 0 ? k : v;
+      if (kv->m->kvF16) {
+        LAUNCH(gather_rows_kernel<unsigned short>, n, ROW_THREADS, 0, st, (const unsigned short*)src, dkeep,
+               (unsigned short*)dst, d, n);
+      } else {
+        LAUNCH(gather_rows_kernel<float>, n, ROW_THREADS, 0, st, (const float*)src, dkeep, (float*)dst, d, n);
+      }
       ok = cuda_ok(cudaGetLastError(), "gather (compact) launch");
     }
     ok = ok && cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (compact)");
@@ -609,21 +626,44 @@ extern "C" LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const
   }
 }
 
-extern "C" LETHE_API int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
+static int32_t kv_read_impl(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
   if (!kv_layer_ok(kv, layer, "lethe_kv_read")) return 1;
   KVLayer& L = kv->layers[layer];
-  const size_t bytes = (size_t)L.len * (size_t)kv->kvDim * 4;
-  if (bytes > 0 && (k || v)) {
+  const size_t count = (size_t)L.len * (size_t)kv->kvDim;
+  if (count > 0 && (k || v)) {
     if (!set_device(kv->device)) return 1;
     cudaStream_t st = kv->m->stream;
-    if (k && !cuda_ok(cudaMemcpyAsync(k, L.k, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (kv read)"))
-      return 1;
-    if (v && !cuda_ok(cudaMemcpyAsync(v, L.v, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (kv read)"))
-      return 1;
-    if (!cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (kv read)")) return 1;
+    if (!kv->m->kvF16) {
+      const size_t bytes = count * 4;
+      if (k && !cuda_ok(cudaMemcpyAsync(k, L.k, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (kv read)"))
+        return 1;
+      if (v && !cuda_ok(cudaMemcpyAsync(v, L.v, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (kv read)"))
+        return 1;
+      if (!cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (kv read)")) return 1;
+    } else {  // halves to the host, widened exactly to f32 there
+      std::vector<uint16_t> h(count);
+      for (int which = 0; which < 2; which++) {
+        float* dst = which == 0 ? k : v;
+        if (!dst) continue;
+        if (!cuda_ok(cudaMemcpyAsync(h.data(), which == 0 ? L.k : L.v, count * 2, cudaMemcpyDeviceToHost, st),
+                     "cudaMemcpyAsync (kv read)") ||
+            !cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (kv read)"))
+          return 1;
+        for (size_t i = 0; i < count; i++) dst[i] = __half2float(__ushort_as_half(h[i]));
+      }
+    }
   }
   if (pos && L.len > 0) memcpy(pos, L.pos.data(), (size_t)L.len * 4);
   return 0;
+}
+
+extern "C" LETHE_API int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
+  try {
+    return kv_read_impl(kv, layer, k, v, pos);
+  } catch (const std::bad_alloc&) {
+    set_error("lethe_kv_read: out of host memory");
+    return 1;
+  }
 }
 
 extern "C" LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v,
@@ -643,7 +683,7 @@ extern "C" LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const f
     KVLayer& L = kv->layers[layer];
     if (!set_device(kv->device)) return 1;
     if (n > L.cap) {
-      float *nk, *nv;
+      uint8_t *nk, *nv;
       const int64_t cap = grown_capacity(0, n);
       if (!kv_alloc(kv, cap, &nk, &nv)) return 1;
       kv_layer_free(L);
@@ -651,11 +691,24 @@ extern "C" LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const f
       L.v = nv;
       L.cap = (int32_t)cap;
     }
-    const size_t bytes = (size_t)n * (size_t)kv->kvDim * 4;
-    if (bytes > 0) {
+    const size_t count = (size_t)n * (size_t)kv->kvDim;
+    if (count > 0) {
       cudaStream_t st = kv->m->stream;
-      if (!cuda_ok(cudaMemcpyAsync(L.k, k, bytes, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (kv write)") ||
-          !cuda_ok(cudaMemcpyAsync(L.v, v, bytes, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (kv write)") ||
+      const void *hk = k, *hv = v;
+      std::vector<uint16_t> rk, rv;
+      if (kv->m->kvF16) {  // round on the host with the same RNE conversion as the append kernel
+        rk.resize(count);
+        rv.resize(count);
+        for (size_t i = 0; i < count; i++) {
+          rk[i] = __half_as_ushort(__float2half_rn(k[i]));
+          rv[i] = __half_as_ushort(__float2half_rn(v[i]));
+        }
+        hk = rk.data();
+        hv = rv.data();
+      }
+      const size_t bytes = count * kv->m->kvEs;
+      if (!cuda_ok(cudaMemcpyAsync(L.k, hk, bytes, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (kv write)") ||
+          !cuda_ok(cudaMemcpyAsync(L.v, hv, bytes, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (kv write)") ||
           !cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (kv write)")) {
         L.len = 0;  // contents undefined after a failed copy
         L.pos.clear();
@@ -675,7 +728,7 @@ extern "C" LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv) {
   if (!kv) return 0;
   int64_t rows = 0;
   for (auto& L : kv->layers) rows += L.len;
-  return rows * kv->kvDim * 2 * 4;
+  return rows * kv->kvDim * 2 * kv->m->kvEs;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -897,8 +950,9 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
         start = (int)r;
         cur = 0;
       }
-      M[r].kdst = L.k + ((int64_t)L.len + rowT[r]) * kvDim;
-      M[r].vdst = L.v + ((int64_t)L.len + rowT[r]) * kvDim;
+      const int64_t rowOff = ((int64_t)L.len + rowT[r]) * kvDim * m->kvEs;  // bytes
+      M[r].kdst = L.k + rowOff;
+      M[r].vdst = L.v + rowOff;
       M[r].kbase = L.k;
       M[r].vbase = L.v;
       M[r].attOff = cur;
@@ -957,13 +1011,21 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
     if (!launch_matmul(m, W[LETHE_WV], xb, n, v, (const float*)W[LETHE_BV].d, 0)) return false;
     LAUNCH(rope_kernel, n, ROW_THREADS, 0, st, q, k, dPos, nH, nKV, hd, (double)c.rope_theta, c.rope_style, n);
     CK_LAUNCH("rope");
-    LAUNCH(kv_append_kernel, n, ROW_THREADS, 0, st, k, v, lm, kvDim, n);
+    if (m->kvF16) {
+      LAUNCH(kv_append_kernel<__half>, n, ROW_THREADS, 0, st, k, v, lm, kvDim, n);
+    } else {
+      LAUNCH(kv_append_kernel<float>, n, ROW_THREADS, 0, st, k, v, lm, kvDim, n);
+    }
     CK_LAUNCH("kv_append");
     for (const auto& ch : chunks[l]) {
       const int rows = ch.second - ch.first;
       if (rows <= 0) continue;
-      LAUNCH(attention_kernel, dim3((unsigned)rows, (unsigned)nH), ATTN_THREADS, 0, st, q, lm, att, ao, ch.first,
-                                                                                            nH, nKV, hd);
+      const dim3 grid((unsigned)rows, (unsigned)nH);
+      if (m->kvF16) {
+        LAUNCH(attention_kernel<__half>, grid, ATTN_THREADS, 0, st, q, lm, att, ao, ch.first, nH, nKV, hd);
+      } else {
+        LAUNCH(attention_kernel<float>, grid, ATTN_THREADS, 0, st, q, lm, att, ao, ch.first, nH, nKV, hd);
+      }
       CK_LAUNCH("attention");
       if (nJobs > 0) {
         LAUNCH(scores_kernel, nJobs, ROW_THREADS, 0, st, att, lm, dJobs + (size_t)l * nJobs, dW, out, ch.first,
@@ -983,7 +1045,7 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   }
   if (NL > 0) {
     const int nl = (int)NL;
-    LAUNCH(gather_rows_kernel, nl, ROW_THREADS, 0, st, x, dLRows, xl, dim, nl);
+    LAUNCH(gather_rows_kernel<float>, nl, ROW_THREADS, 0, st, x, dLRows, xl, dim, nl);
     CK_LAUNCH("gather logits rows");
     LAUNCH(rmsnorm_kernel, nl, ROW_THREADS, 0, st, xl, (const float*)outNorm.d, xb, dim, c.norm_eps, nl);
     CK_LAUNCH("rmsnorm (output)");

@@ -1,7 +1,8 @@
 /**
  * The CUDA backend: native/cuda (liblethe_cuda.so, built by `deno task build:native` where nvcc exists)
  * behind the same lethe.h FFI binding as the CPU library (src/engine/native.ts). Weights and each sequence's
- * KV cache live in device memory; policies see the same SequenceKV contract.
+ * KV cache live in device memory (f32 or, with kvPrecision "f16", IEEE-half rows); policies see the same
+ * SequenceKV contract.
  *
  * Where the library is missing, or loads but finds no CUDA device/driver, `openCudaBackend` rejects with an
  * Error whose message says so ("no CUDA device: <CUDA's reason>"), so `auto` selection can fall back.
@@ -11,7 +12,7 @@ import type { ModelConfig, ModelWeights } from "../model/types.ts";
 import { type NativeBackend, nativeLibraryPath, openNativeBackend, probeNativeLibrary } from "./native.ts";
 
 export interface CudaOptions {
-  /** KV element precision (see BackendOptions). */
+  /** KV element precision (see BackendOptions): "f16" keeps the device K/V rows as IEEE half (kv_type 1). */
   kvPrecision?: KVPrecision;
   /** CUDA device ordinal (default 0). */
   device?: number;
@@ -66,7 +67,9 @@ export function openCudaBackend(
     if (!Number.isInteger(device) || device < 0 || device >= probe.devices) {
       throw new Error(`no CUDA device: device ${device} requested, ${probe.devices} present`);
     }
-    return Promise.resolve(openNativeBackend(config, weights, { lib: "cuda", path, device }));
+    return Promise.resolve(
+      openNativeBackend(config, weights, { lib: "cuda", path, device, kvPrecision: opts.kvPrecision }),
+    );
   } catch (e) {
     return Promise.reject(e);
   }
