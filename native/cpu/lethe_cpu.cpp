@@ -101,7 +101,8 @@ const int64_t kRowBlock = 6;  // weight rows per micro-kernel block (threads spl
 const int64_t kRowBlock = 4;
 #endif
 
-// Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N), 4 weight rows x 3 activation rows at a time.
+// Y[n*ldy + r] = W[r] · X[n*cols] for r in [r0, r1), n in [0, N): register-blocked micro-kernels of 6 weight
+// rows x 4 activation rows (AVX-512) or 4 x 3 (AVX2); N = 1 streams one row at a time.
 void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy, int64_t r0, int64_t r1,
                  float* buf) {
   const int64_t cols = W.cols;

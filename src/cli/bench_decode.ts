@@ -2,17 +2,19 @@
  * Decode/prefill throughput of every backend available here, side by side.
  *
  *   deno task bench:decode [--model PATH] [--steps 128] [--prefill 256] [--mid PATH|none] [--mid-steps 16]
- *                          [--batches 1,4,16] [--backends ts,native,webgpu,cuda] [--threads N] [--json OUT]
+ *                          [--batches 1,4,16] [--backends ts,native,webgpu,cuda] [--threads N] [--kv f32|f16]
+ *                          [--json OUT]
  *
  * 1. The real model (default ../shared/models/stories260K.gguf): prefill of a --prefill-token prompt, then a
  *    --steps greedy decode of one sequence after a short prompt.
  * 2. A synthetic `mid` shape (ts and webgpu, slow here, run --slow-steps steps and a 32-token prefill) (random weights; `deno task make-model --shape mid`, generated into /tmp when no
  *    --mid is given): decode at batch 1, 4, 16 (aggregate tokens/s) plus prefill.
  * Peak memory: Deno.memoryUsage().rss sampled between steps and /proc/self/status VmHWM.
+ * --kv sets every backend's KV cache precision (default f32).
  */
 import { parseArgs } from "node:util";
 import { existsSync } from "node:fs";
-import type { Backend, StepInput } from "../engine/backend.ts";
+import type { Backend, KVPrecision, StepInput } from "../engine/backend.ts";
 import type { SequenceKV } from "../kv/cache.ts";
 import { loadModel, SHARED_MODELS } from "../model/loader.ts";
 import type { ModelConfig, ModelWeights } from "../model/types.ts";
@@ -37,16 +39,23 @@ function vmHWM(): number | null {
 const mb = (b: number) => `${(b / 1048576).toFixed(0)} MB`;
 
 /** The backends present in this checkout and usable on this machine (probed with dynamic imports). */
-async function probeBackends(wanted: Set<string>, threads: number | undefined): Promise<Map<string, Opener>> {
+async function probeBackends(
+  wanted: Set<string>,
+  threads: number | undefined,
+  kvPrecision: KVPrecision,
+): Promise<Map<string, Opener>> {
   const out = new Map<string, Opener>();
-  if (wanted.has("ts")) out.set("ts", (c, w) => Promise.resolve(createTsBackend(c, w)));
+  if (wanted.has("ts")) out.set("ts", (c, w) => Promise.resolve(createTsBackend(c, w, { kvPrecision })));
   if (wanted.has("native")) {
     try {
       const build = await import("../../native/build.ts");
       const res = await build.buildNative({ cpuOnly: true });
       const native = await import("../engine/native.ts");
       if (res[0]?.status === "built" || res[0]?.status === "up-to-date") {
-        out.set("native", (c, w) => Promise.resolve(native.openNativeBackend(c, w, { lib: "cpu", threads })));
+        out.set(
+          "native",
+          (c, w) => Promise.resolve(native.openNativeBackend(c, w, { lib: "cpu", threads, kvPrecision })),
+        );
       } else console.log(`skip native: ${res[0]?.message}`);
     } catch (e) {
       console.log(`skip native: ${(e as Error).message}`);
@@ -56,8 +65,9 @@ async function probeBackends(wanted: Set<string>, threads: number | undefined): 
     try {
       const wg = await import("../engine/webgpu/backend.ts");
       const avail = await wg.webgpuAvailable();
-      if (avail.ok) out.set("webgpu", (c, w) => wg.openWebGPUBackend(c, w, { adapter: avail.adapter }));
-      else console.log(`skip webgpu: ${avail.reason}`);
+      if (avail.ok) {
+        out.set("webgpu", (c, w) => wg.openWebGPUBackend(c, w, { adapter: avail.adapter, kvPrecision }));
+      } else console.log(`skip webgpu: ${avail.reason}`);
     } catch (e) {
       console.log(`skip webgpu: ${(e as Error).message}`);
     }
@@ -66,7 +76,7 @@ async function probeBackends(wanted: Set<string>, threads: number | undefined): 
     try {
       const cuda = await import("../engine/cuda.ts");
       const p = cuda.probeCuda();
-      if (p.devices > 0) out.set("cuda", (c, w) => cuda.openCudaBackend(c, w));
+      if (p.devices > 0) out.set("cuda", (c, w) => cuda.openCudaBackend(c, w, { kvPrecision }));
       else console.log(`skip cuda: ${p.error}`);
     } catch (e) {
       console.log(`skip cuda: ${(e as Error).message.split("\n")[0]}`);
@@ -136,6 +146,7 @@ async function main(): Promise<number> {
       batches: { type: "string", default: "1,4,16" },
       backends: { type: "string", default: "ts,native,webgpu,cuda" },
       threads: { type: "string" },
+      kv: { type: "string", default: "f32" },
       json: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -143,7 +154,8 @@ async function main(): Promise<number> {
   if (values.help) {
     console.log(
       "usage: deno task bench:decode [--model PATH] [--steps N] [--prefill N] [--mid PATH|none] [--mid-steps N]\n" +
-        "       [--slow-steps N] [--batches 1,4,16] [--backends ts,native,webgpu,cuda] [--threads N] [--json OUT]",
+        "       [--slow-steps N] [--batches 1,4,16] [--backends ts,native,webgpu,cuda] [--threads N]\n" +
+        "       [--kv f32|f16] [--json OUT]",
     );
     return 0;
   }
@@ -160,7 +172,9 @@ async function main(): Promise<number> {
   const threads = values.threads === undefined ? undefined : int("threads", values.threads, 0);
   const modelPath = values.model ?? Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 
-  const backends = await probeBackends(new Set(values.backends!.split(",")), threads);
+  const kv = values.kv as KVPrecision;
+  if (kv !== "f32" && kv !== "f16") throw new Error(`--kv must be f32 or f16, got ${values.kv}`);
+  const backends = await probeBackends(new Set(values.backends!.split(",")), threads, kv);
   if (backends.size === 0) throw new Error("no backend available");
   const results: Record<string, unknown>[] = [];
 
@@ -173,7 +187,7 @@ async function main(): Promise<number> {
   while (longPrompt.length < prefillN) longPrompt.push(...m.tokenizer.encode(text));
   longPrompt.length = Math.min(prefillN, m.config.contextLength);
   console.log(
-    `\n${m.name}: ${steps}-token greedy decode after a ${prompt.length}-token prompt; prefill ${longPrompt.length} tokens`,
+    `\n${m.name}: ${steps}-token greedy decode after a ${prompt.length}-token prompt; prefill ${longPrompt.length} tokens; ${kv} KV`,
   );
   const real: Record<string, { decode: number; prefill: number }> = {};
   for (const [name, open] of backends) {
@@ -261,7 +275,7 @@ async function main(): Promise<number> {
   if (values.json) {
     await Deno.writeTextFile(
       values.json,
-      JSON.stringify({ results, peak_rss: peakRss, vm_hwm: hwm }, null, 2) + "\n",
+      JSON.stringify({ kv_precision: kv, results, peak_rss: peakRss, vm_hwm: hwm }, null, 2) + "\n",
     );
   }
   return 0;
