@@ -5,8 +5,8 @@
  * things in f64); attention scores ≤ 1e-4 · nHeads absolute (they are sums of nHeads probabilities).
  * f16 KV caches: both backends round the same K/V values to half, but a value whose two f32 computations differ
  * in the last bit can land on the two sides of a rounding boundary (one f16 ulp = 2^-11 relative apart), so
- * there the tolerance is the f16 unit roundoff (5e-4) instead, and the caches themselves are compared: bit-equal
- * but for a few percent of the elements, those within one ulp + 5e-4 of the layer's largest value.
+ * there the tolerance is twice the f16 unit roundoff (1e-3) instead, and the caches themselves are compared
+ * (assertSameF16Cache: layer 0 bit-equal but for flips, deeper layers within one ulp + 1e-3 of their scale).
  */
 import assert from "node:assert/strict";
 import { buildNative, CPU_LIB } from "../native/build.ts";
@@ -66,32 +66,31 @@ function assertScores(got: StepOutput, want: StepOutput, nHeads: number, what: s
 }
 
 /**
- * Two f16 caches hold the same rows: equal positions, every value within one f16 ulp, and fewer than `maxFrac`
- * of the values not bit-identical (rounding-boundary flips). Returns the fraction that differ.
+ * Two f16 caches hold the same rows: equal positions; in layer 0 (computed straight from the embeddings) all
+ * but `maxFrac` of the values bit-identical, the rest one ulp apart (rounding-boundary flips); in deeper layers
+ * (whose inputs a flip upstream perturbs) every value within one ulp + F16_REL of the layer's largest value.
  */
-function assertSameF16Cache(a: HostKVCache, b: HostKVCache, maxFrac: number, what: string): number {
+function assertSameF16Cache(a: HostKVCache, b: HostKVCache, maxFrac: number, what: string): void {
   assert.equal(a.precision, "f16");
   assert.equal(b.precision, "f16");
-  let differ = 0, total = 0;
   for (let l = 0; l < a.shape.nLayers; l++) {
     assert.equal(a.len[l], b.len[l]);
     assert.deepEqual(a.positions(l), b.positions(l));
     const d = a.kvDim * a.len[l];
+    let differ = 0;
     for (const [x, y] of [[a.k[l], b.k[l]], [a.v[l], b.v[l]]]) {
-      // One flip changes the next layers' inputs slightly: bound differences by the layer's scale.
-      const tol = F16_REL * maxAbs(y.subarray(0, d));
+      const tol = l === 0 ? 0 : F16_REL * maxAbs(y.subarray(0, d));
       for (let i = 0; i < d; i++) {
-        total++;
         if (x[i] === y[i]) continue;
         differ++;
         const ulp = 2 ** (Math.floor(Math.log2(Math.max(Math.abs(y[i]), 2 ** -14))) - 10);
         assert.ok(Math.abs(x[i] - y[i]) <= ulp + tol, `${what}: layer ${l} values ${x[i]} vs ${y[i]}`);
       }
     }
+    if (l === 0) {
+      assert.ok(differ <= maxFrac * 2 * d, `${what}: layer 0: ${differ} of ${2 * d} f16 values differ`);
+    }
   }
-  if (Deno.env.get("SHOWF16")) console.log(`${what}: ${differ}/${total}`);
-  assert.ok(differ <= maxFrac * total, `${what}: ${differ} of ${total} f16 values differ`);
-  return differ / Math.max(1, total);
 }
 
 function argmax(a: Float32Array): number {
@@ -118,7 +117,7 @@ async function compareDecode(
     const [ot] = await ts.forward([inT]);
     assertLogits(on, ot, `step ${step}`, rel);
     assertScores(on, ot, nat.config.nHeads, `step ${step}`, rel);
-    if (nat.kvPrecision === "f16") assertSameF16Cache(kn.toHost(), kt.toHost(), 0.05, `step ${step} cache`);
+    if (nat.kvPrecision === "f16") assertSameF16Cache(kn.toHost(), kt.toHost(), 0.01, `step ${step} cache`);
     for (let l = 0; l < nat.config.nLayers; l++) {
       assert.equal(kn.length(l), kt.length(l));
       assert.deepEqual(kn.positions(l), kt.positions(l));
@@ -566,8 +565,8 @@ Deno.test({
 
 // ---------- f16 KV cache ----------
 
-/** Logit/score tolerance (relative) of f16-KV comparisons: the f16 unit roundoff (see the top of the file). */
-const F16_REL = 5e-4;
+/** Logit/score tolerance (relative) of f16-KV comparisons: twice the f16 unit roundoff (see the top). */
+const F16_REL = 1e-3;
 
 /** Every stored value of a snapshot is an f16 value (exactly representable in half precision). */
 function assertF16Values(h: HostKVCache, what: string): void {
