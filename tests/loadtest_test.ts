@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { checkTarget, isLoopbackHost, LoadConfigError, runLoad } from "../loadtest/driver.ts";
 import { start } from "./support/server_harness.ts";
-import { REPO_ROOT } from "../src/server/config.ts";
+import { REPO_ROOT } from "../src/model/loader.ts";
 
 function assertClean(s: Awaited<ReturnType<typeof runLoad>>, requests: number) {
   assert.equal(s.failures, 0, JSON.stringify(s.checks));

@@ -20,10 +20,9 @@
  * precision and the live KV cache precision (f32 → f32 cache; f16 and int8 → f16 cache).
  */
 import { parseArgs } from "node:util";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
+import { REPO_ROOT } from "../model/loader.ts";
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const MODEL_ID = "stories260K";
 
 /** The resume probe's new message: short, so the probe times loading the history, not prefilling news. */

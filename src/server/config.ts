@@ -30,14 +30,11 @@
  * resumes are then approximate.
  */
 import { parseArgs } from "node:util";
-import { dirname, isAbsolute, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { isAbsolute, resolve } from "node:path";
 import { z } from "zod";
 import { parsePolicySpec } from "../kv/policy.ts";
+import { REPO_ROOT, SHARED_MODELS } from "../model/loader.ts";
 import type { KVPrecision as LiveKVPrecision } from "../engine/backend.ts";
-
-/** The repository root (two levels above this file). */
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 const intFrom = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z.coerce.number().int(`must be an integer`).min(min).max(max);
@@ -109,7 +106,7 @@ const FLAGS: Record<string, { key: keyof ServerConfig; env: string }> = {
 
 export function defaultConfigValues(): Record<string, unknown> {
   return {
-    model: resolve(REPO_ROOT, "../shared/models/stories260K.gguf"),
+    model: SHARED_MODELS.stories260K,
     backend: "auto",
     port: 8080,
     host: "127.0.0.1",

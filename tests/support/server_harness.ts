@@ -10,15 +10,13 @@ import {
   buildConfig,
   defaultConfigValues,
   liveKVPrecision,
-  REPO_ROOT,
   type ServerConfig,
 } from "../../src/server/config.ts";
+import { SHARED_MODELS } from "../../src/model/loader.ts";
 import { type RunningServer, startServer } from "../../src/server/server.ts";
 import { createLogger } from "../../src/server/logger.ts";
-import { resolve } from "node:path";
 
-export const MODEL_PATH = Deno.env.get("LETHE_MODEL") ??
-  resolve(REPO_ROOT, "../shared/models/stories260K.gguf");
+export const MODEL_PATH = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 export const PREFILL_CHUNK = 256;
 
 /** The server's default stored KV precision (what `start()` and `referenceTurns` use unless told). */
