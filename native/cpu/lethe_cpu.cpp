@@ -240,15 +240,17 @@ struct lethe_model {
 
 struct lethe_kv {
   lethe_model* m;
+  // One layer's rows live in slots: K/V storage of `cap` slots, each one contiguous row of kv_dim elements.
+  // Logical row i (the order of kv_read, compaction and attention) is slot[i], at position pos[i]. Compaction
+  // rewrites slot/pos only (O(rows) integers, no K/V copy) and returns the dropped slots to `free`, from which
+  // appends take their slots. Every slot in [0, cap) is either in slot[0..len) or in free, exactly once.
   struct L {
-    // [capacity x kv_dim] elements of m->kv_es bytes (float or IEEE-half uint16).
-    std::vector<uint8_t> k, v;
-    std::vector<int32_t> pos;
+    std::vector<uint8_t> k, v;  // [cap x kv_dim] elements of m->kv_es bytes (float or IEEE-half uint16)
+    std::vector<int32_t> slot;  // [len] logical row -> slot
+    std::vector<int32_t> pos;  // [len] logical row -> original position
+    std::vector<int32_t> free;  // unused slots; appends pop from the back
     int32_t len = 0;
-    const float* kf() const { return (const float*)k.data(); }
-    const float* vf() const { return (const float*)v.data(); }
-    const uint16_t* kh() const { return (const uint16_t*)k.data(); }
-    const uint16_t* vh() const { return (const uint16_t*)v.data(); }
+    int64_t cap = 0;
   };
   std::vector<L> layers;
 };
@@ -259,13 +261,32 @@ void ensure(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-void reserve_rows(lethe_kv::L& L, int kv_dim, int es, int64_t rows) {
-  if ((int64_t)L.pos.size() >= rows) return;
-  int64_t cap = std::max<int64_t>(16, (int64_t)L.pos.size());
-  while (cap < rows) cap *= 2;
-  L.k.resize((size_t)cap * kv_dim * es);
-  L.v.resize((size_t)cap * kv_dim * es);
-  L.pos.resize((size_t)cap);
+// Makes room for `extra` more rows of L (free slots, and slot/pos capacity so appends cannot throw). Growing the
+// storage copies every row anyway, so it also defragments: rows are gathered in logical order into slots
+// 0..len-1 (free then holds the new slots, lowest on top).
+void reserve_rows(lethe_kv::L& L, int kv_dim, int es, int64_t extra) {
+  const int64_t need = (int64_t)L.len + extra;
+  if (need > (int64_t)L.slot.capacity()) {  // geometric, so one-row appends stay amortized O(1)
+    const size_t c = std::max<size_t>((size_t)need, 2 * L.slot.capacity());
+    L.slot.reserve(c);
+    L.pos.reserve(c);
+  }
+  if ((int64_t)L.free.size() >= extra) return;
+  int64_t cap = std::max<int64_t>(16, L.cap);
+  while (cap < need) cap *= 2;
+  const size_t rb = (size_t)kv_dim * es;
+  std::vector<uint8_t> k((size_t)cap * rb), v((size_t)cap * rb);
+  for (int32_t i = 0; i < L.len; i++) {
+    memcpy(k.data() + (size_t)i * rb, L.k.data() + (size_t)L.slot[i] * rb, rb);
+    memcpy(v.data() + (size_t)i * rb, L.v.data() + (size_t)L.slot[i] * rb, rb);
+  }
+  L.free.reserve((size_t)cap);  // may throw before any state changed
+  L.k.swap(k);
+  L.v.swap(v);
+  L.cap = cap;
+  for (int32_t i = 0; i < L.len; i++) L.slot[i] = i;
+  L.free.clear();
+  for (int64_t sl = cap - 1; sl >= L.len; sl--) L.free.push_back((int32_t)sl);
 }
 
 // Stores n f32 values at element offset `at` of a K or V buffer (rounded to f16 when the cache is f16).
@@ -302,16 +323,18 @@ struct SeqJob {
 };
 
 #ifdef LETHE_AVX2
-// out[r*hd + c0 + 8i] = sum_j p_r[j] * V[j][g*hd + c0 + 8i] for RT heads and NC 8-wide column chunks, the
-// accumulators in registers: each V row chunk is loaded (converted) once for all RT heads.
+// out[r*hd + c0 + 8i] = sum_j p_r[j] * V[slot[j]][g*hd + c0 + 8i] for RT heads and NC 8-wide column chunks,
+// the accumulators in registers: each V row chunk is loaded (converted) once for all RT heads.
 template <bool F16, int RT, int NC>
-void pv_tile(const void* V, size_t kvd, size_t col0, const float* p, size_t lim, float* out, int hd) {
+void pv_tile(const void* V, const int32_t* slot, size_t kvd, size_t col0, const float* p, size_t lim, float* out,
+             int hd) {
   __m256 acc[RT][NC];
   for (int r = 0; r < RT; r++)
     for (int i = 0; i < NC; i++) acc[r][i] = _mm256_setzero_ps();
   for (size_t j = 0; j < lim; j++) {
     __m256 v[NC];
-    for (int i = 0; i < NC; i++) v[i] = load8<F16>(V, j * kvd + col0 + 8 * i);
+    const size_t at = (size_t)slot[j] * kvd + col0;
+    for (int i = 0; i < NC; i++) v[i] = load8<F16>(V, at + 8 * i);
     for (int r = 0; r < RT; r++) {
       const __m256 pr = _mm256_set1_ps(p[r * lim + j]);
       for (int i = 0; i < NC; i++) acc[r][i] = _mm256_fmadd_ps(pr, v[i], acc[r][i]);
@@ -322,18 +345,19 @@ void pv_tile(const void* V, size_t kvd, size_t col0, const float* p, size_t lim,
 }
 
 template <bool F16, int RT>
-void pv_heads(const void* V, size_t kvd, size_t col, const float* p, size_t lim, float* out, int hd) {
+void pv_heads(const void* V, const int32_t* slot, size_t kvd, size_t col, const float* p, size_t lim, float* out,
+              int hd) {
   int c = 0;
-  for (; c + 32 <= hd; c += 32) pv_tile<F16, RT, 4>(V, kvd, col + c, p, lim, out + c, hd);
+  for (; c + 32 <= hd; c += 32) pv_tile<F16, RT, 4>(V, slot, kvd, col + c, p, lim, out + c, hd);
   switch ((hd - c) / 8) {
     case 3:
-      pv_tile<F16, RT, 3>(V, kvd, col + c, p, lim, out + c, hd);
+      pv_tile<F16, RT, 3>(V, slot, kvd, col + c, p, lim, out + c, hd);
       break;
     case 2:
-      pv_tile<F16, RT, 2>(V, kvd, col + c, p, lim, out + c, hd);
+      pv_tile<F16, RT, 2>(V, slot, kvd, col + c, p, lim, out + c, hd);
       break;
     case 1:
-      pv_tile<F16, RT, 1>(V, kvd, col + c, p, lim, out + c, hd);
+      pv_tile<F16, RT, 1>(V, slot, kvd, col + c, p, lim, out + c, hd);
       break;
   }
 }
@@ -354,6 +378,7 @@ void attend_group_simd(const lethe_model* m, const lethe_kv::L& L, const SeqJob&
   if (hs) std::fill(hs, hs + len_after, 0.f);
   const void* K = L.k.data();
   const void* V = L.v.data();
+  const int32_t* slot = L.slot.data();
   const size_t col = (size_t)g * hd;
   for (int t = 0; t < J.T; t++) {
     const int lim = J.len_before + t + 1;
@@ -361,6 +386,8 @@ void attend_group_simd(const lethe_model* m, const lethe_kv::L& L, const SeqJob&
     float* orow = const_cast<float*>(m->att.data()) + (J.tok0 + t) * qd + col * nrep;
     int j = 0;
     for (; j + 8 <= lim; j += 8) {
+      size_t at[8];
+      for (int jj = 0; jj < 8; jj++) at[jj] = (size_t)slot[j + jj] * kvd + col;
       for (int r = 0; r < nrep; r++) {
         const float* qr = qrow + r * hd;
         __m256 a[8];
@@ -368,17 +395,18 @@ void attend_group_simd(const lethe_model* m, const lethe_kv::L& L, const SeqJob&
         for (int c = 0; c < hd; c += 8) {
           const __m256 qv = _mm256_loadu_ps(qr + c);
           for (int jj = 0; jj < 8; jj++) {
-            a[jj] = _mm256_fmadd_ps(qv, load8<F16>(K, (size_t)(j + jj) * kvd + col + c), a[jj]);
+            a[jj] = _mm256_fmadd_ps(qv, load8<F16>(K, at[jj] + c), a[jj]);
           }
         }
         _mm256_storeu_ps(logits + (size_t)r * lim + j, _mm256_mul_ps(hsum8x8(a), vscale));
       }
     }
     for (; j < lim; j++) {
+      const size_t at = (size_t)slot[j] * kvd + col;
       for (int r = 0; r < nrep; r++) {
         __m256 a = _mm256_setzero_ps();
         for (int c = 0; c < hd; c += 8) {
-          a = _mm256_fmadd_ps(_mm256_loadu_ps(qrow + r * hd + c), load8<F16>(K, (size_t)j * kvd + col + c), a);
+          a = _mm256_fmadd_ps(_mm256_loadu_ps(qrow + r * hd + c), load8<F16>(K, at + c), a);
         }
         logits[(size_t)r * lim + j] = hsum256(a) * scale;
       }
@@ -408,9 +436,9 @@ void attend_group_simd(const lethe_model* m, const lethe_kv::L& L, const SeqJob&
     }
     int r = 0;
     for (; r + 2 <= nrep; r += 2) {
-      pv_heads<F16, 2>(V, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
+      pv_heads<F16, 2>(V, slot, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
     }
-    if (r < nrep) pv_heads<F16, 1>(V, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
+    if (r < nrep) pv_heads<F16, 1>(V, slot, kvd, col, logits + (size_t)r * lim, lim, orow + r * hd, hd);
     if (hs && J.T - 1 - t < J.window) {
       const float w = (float)std::pow((double)J.decay, (double)(J.T - 1 - t));
       for (int rr = 0; rr < nrep; rr++) axpy(hs, logits + (size_t)rr * lim, w, lim);
@@ -446,8 +474,9 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
     float* orow = const_cast<float*>(m->att.data()) + (J.tok0 + t) * qd + (size_t)g * nrep * hd;
     // logits[r * lim + j]
     for (int j = 0; j < lim; j++) {
-      const size_t at = (size_t)j * kvd + (size_t)g * hd;
-      const float* kr = f16 ? (f16_row_to_f32(L.kh() + at, rb, hd), rb) : L.kf() + at;
+      const size_t at = (size_t)L.slot[j] * kvd + (size_t)g * hd;
+      const float* kr = f16 ? (f16_row_to_f32((const uint16_t*)L.k.data() + at, rb, hd), rb)
+                            : (const float*)L.k.data() + at;
       for (int r = 0; r < nrep; r++) logits[(size_t)r * lim + j] = dot1(qrow + r * hd, kr, hd) * scale;
     }
     for (int r = 0; r < nrep; r++) {
@@ -464,8 +493,9 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
     }
     std::fill(orow, orow + (size_t)nrep * hd, 0.f);
     for (int j = 0; j < lim; j++) {
-      const size_t at = (size_t)j * kvd + (size_t)g * hd;
-      const float* vr = f16 ? (f16_row_to_f32(L.vh() + at, rb, hd), rb) : L.vf() + at;
+      const size_t at = (size_t)L.slot[j] * kvd + (size_t)g * hd;
+      const float* vr = f16 ? (f16_row_to_f32((const uint16_t*)L.v.data() + at, rb, hd), rb)
+                            : (const float*)L.v.data() + at;
       for (int r = 0; r < nrep; r++) axpy(orow + r * hd, vr, logits[(size_t)r * lim + j], hd);
     }
     if (hs && J.T - 1 - t < J.window) {
@@ -703,14 +733,20 @@ int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32
     }
     prev = keep[i];
   }
-  const size_t rb = (size_t)kv->m->kv_dim * kv->m->kv_es;  // bytes per row
-  for (int32_t i = 0; i < n; i++) {
-    const int32_t s = keep[i];
-    if (s == i) continue;
-    memmove(L.k.data() + i * rb, L.k.data() + s * rb, rb);
-    memmove(L.v.data() + i * rb, L.v.data() + s * rb, rb);
-    L.pos[i] = L.pos[s];
+  // Dropped rows' slots go to the free list (capacity cap >= len: cannot throw); kept rows move down in the
+  // index arrays only.
+  int32_t w = 0;
+  for (int32_t i = 0; i < L.len; i++) {
+    if (w < n && keep[w] == i) {
+      L.slot[w] = L.slot[i];
+      L.pos[w] = L.pos[i];
+      w++;
+    } else {
+      L.free.push_back(L.slot[i]);
+    }
   }
+  L.slot.resize((size_t)n);
+  L.pos.resize((size_t)n);
   L.len = n;
   return 0;
 }
@@ -718,13 +754,16 @@ int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32
 int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
   if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_read: bad kv or layer");
   const lethe_kv::L& L = kv->layers[layer];
-  const size_t n = (size_t)L.len * kv->m->kv_dim;
-  if (kv->m->kv_f16) {
-    if (k && n) f16_row_to_f32(L.kh(), k, (int64_t)n);
-    if (v && n) f16_row_to_f32(L.vh(), v, (int64_t)n);
-  } else {
-    if (k && n) memcpy(k, L.k.data(), n * 4);
-    if (v && n) memcpy(v, L.v.data(), n * 4);
+  const size_t d = (size_t)kv->m->kv_dim;
+  for (int32_t i = 0; i < L.len; i++) {  // logical order
+    const size_t at = (size_t)L.slot[i] * d;
+    if (kv->m->kv_f16) {
+      if (k) f16_row_to_f32((const uint16_t*)L.k.data() + at, k + i * d, (int64_t)d);
+      if (v) f16_row_to_f32((const uint16_t*)L.v.data() + at, v + i * d, (int64_t)d);
+    } else {
+      if (k) memcpy(k + i * d, (const float*)L.k.data() + at, d * 4);
+      if (v) memcpy(v + i * d, (const float*)L.v.data() + at, d * 4);
+    }
   }
   if (pos && L.len) memcpy(pos, L.pos.data(), (size_t)L.len * 4);
   return 0;
@@ -738,15 +777,24 @@ int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float*
   lethe_kv::L& L = kv->layers[layer];
   const size_t d = (size_t)kv->m->kv_dim;
   try {
+    // Empty the layer (every slot free), then reserve: rows go to slots 0..n-1 in order.
+    L.slot.clear();
+    L.pos.clear();
+    L.free.clear();
     L.len = 0;
+    L.free.reserve((size_t)L.cap);
+    for (int64_t sl = L.cap - 1; sl >= 0; sl--) L.free.push_back((int32_t)sl);
     reserve_rows(L, (int)d, kv->m->kv_es, n);
   } catch (const std::bad_alloc&) {
     return fail("kv_write: out of memory");
   }
-  if (n) {
-    kv_store(L.k, kv->m->kv_f16, 0, k, (size_t)n * d);
-    kv_store(L.v, kv->m->kv_f16, 0, v, (size_t)n * d);
-    memcpy(L.pos.data(), pos, (size_t)n * 4);
+  for (int32_t i = 0; i < n; i++) {
+    const int32_t sl = L.free.back();
+    L.free.pop_back();
+    kv_store(L.k, kv->m->kv_f16, (size_t)sl * d, k + (size_t)i * d, d);
+    kv_store(L.v, kv->m->kv_f16, (size_t)sl * d, v + (size_t)i * d, d);
+    L.slot.push_back(sl);
+    L.pos.push_back(pos[i]);
   }
   L.len = n;
   return 0;
@@ -802,7 +850,7 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     ensure(m->hb2, N * ffn);
     ensure(m->rope_cs, N * hd);
     for (int s = 0; s < n_seq; s++) {
-      for (auto& L : kvs[s]->layers) reserve_rows(L, kvd, m->kv_es, (int64_t)L.len + n_tokens[s]);
+      for (auto& L : kvs[s]->layers) reserve_rows(L, kvd, m->kv_es, n_tokens[s]);
     }
   } catch (const std::bad_alloc&) {
     return fail("forward: out of memory");
@@ -892,10 +940,14 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
       SeqJob& J = jobs[s];
       lethe_kv::L& L = kvs[s]->layers[l];
       J.len_before = L.len;
-      const size_t at = (size_t)L.len * kvd, n = (size_t)J.T * kvd;
-      kv_store(L.k, m->kv_f16, at, m->k.data() + J.tok0 * kvd, n);
-      kv_store(L.v, m->kv_f16, at, m->v.data() + J.tok0 * kvd, n);
-      for (int t = 0; t < J.T; t++) L.pos[L.len + t] = start_pos[s] + t;
+      for (int t = 0; t < J.T; t++) {  // reserved above: a free slot each, no reallocation
+        const int32_t sl = L.free.back();
+        L.free.pop_back();
+        kv_store(L.k, m->kv_f16, (size_t)sl * kvd, m->k.data() + (J.tok0 + t) * kvd, kvd);
+        kv_store(L.v, m->kv_f16, (size_t)sl * kvd, m->v.data() + (J.tok0 + t) * kvd, kvd);
+        L.slot.push_back(sl);
+        L.pos.push_back(start_pos[s] + t);
+      }
       L.len += J.T;
       J.head_scores = nullptr;
       if (J.window > 0) {
