@@ -1,12 +1,13 @@
 /**
  * H2O, Heavy-Hitter Oracle (Zhang et al. 2023): accumulated attention (no decay, γ = 1) picks the heavy
  * hitters; a recent window (`recentFraction` of the budget) and `sink` leading tokens are always kept.
- * Prunes a layer as soon as it exceeds the budget.
+ * Prunes a layer as soon as it exceeds the budget (the decision: a linear scan for the one row to go in
+ * decode, partial selection otherwise; `KeepSelector`).
  */
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
-import { BasePolicy, paramSchemas, resolveBudget, selectKeep } from "../policy_core.ts";
+import { BasePolicy, KeepSelector, paramSchemas, resolveBudget } from "../policy_core.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
 
 export const schema = z.strictObject({
@@ -21,6 +22,7 @@ export class H2OPolicy extends BasePolicy {
   readonly budgetTokens: number;
   private readonly sink: number;
   private readonly recent: number;
+  private readonly selector = new KeepSelector();
 
   constructor(p: Params, shape: PolicyShape) {
     super(p, shape);
@@ -39,7 +41,11 @@ export class H2OPolicy extends BasePolicy {
     for (let l = 0; l < this.nLayers; l++) {
       const n = kv.length(l);
       if (n <= b) continue;
-      const keep = selectKeep(this.table.get(l), n, { sink: this.sink, recent: this.recent, budget: b });
+      const keep = this.selector.select(this.table.get(l), n, {
+        sink: this.sink,
+        recent: this.recent,
+        budget: b,
+      });
       this.pruneLayer(kv, l, keep, events);
     }
   }

@@ -59,12 +59,12 @@ import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
 import {
   BasePolicy,
-  fromMask,
   hoyer,
+  KeepSelector,
+  nthByScore,
   paramSchemas,
   rankByScore,
   resolveBudget,
-  selectKeep,
 } from "../policy_core.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
 
@@ -141,6 +141,7 @@ export class LethePolicy extends BasePolicy {
   /** Per-layer decay in use (`farGamma` of the layer's far share). */
   readonly gammas: number[];
   private pending: Float32Array[] | undefined;
+  private readonly selector = new KeepSelector();
 
   constructor(p: LetheParams, shape: PolicyShape) {
     super(p, shape);
@@ -222,7 +223,7 @@ export class LethePolicy extends BasePolicy {
       const n = kv.length(l);
       const b = this.layerBudgets[l];
       if (n <= b + this.p.slack) continue;
-      const keep = selectKeep(this.table.get(l), n, {
+      const keep = this.selector.select(this.table.get(l), n, {
         sink: this.p.sink,
         recent: Math.round(this.p.recentRatio * b),
         budget: b,
@@ -239,35 +240,110 @@ export class LethePolicy extends BasePolicy {
   private pruneGlobal(kv: SequenceKV, sum: number, events: PruneEvent[]): void {
     const total = this.budgetTokens * this.nLayers;
     if (sum <= total + this.p.slack * this.nLayers) return;
+    // The rule: walk all candidates (layer middles) by (score, row index, layer) ascending and evict each
+    // whose layer still has spare middle rows (beyond minLayer) until the total is met. The same set,
+    // without sorting: per layer only its `spare` lowest candidates can go (partial selection), and of
+    // their union the `excess` lowest in the global order go (partial selection again).
+    const L = this.nLayers;
     const recent = Math.round(this.p.recentRatio * this.budgetTokens);
-    const cands: { l: number; j: number; s: number }[] = [];
-    const marks: Uint8Array[] = [];
-    const spare: number[] = [];
-    for (let l = 0; l < this.nLayers; l++) {
+    let maxN = 0;
+    for (let l = 0; l < L; l++) maxN = Math.max(maxN, kv.length(l));
+    const sc = this.scratch(maxN);
+    const idx = sc.idx, flat = sc.flat, union = sc.union, lo = sc.lo, hi = sc.hi, lt = sc.lt, ls = sc.ls;
+    let u = 0;
+    for (let l = 0; l < L; l++) {
       const n = kv.length(l);
-      const mark = new Uint8Array(n).fill(1);
-      marks.push(mark);
       const s = Math.min(this.p.sink, n);
       const r = Math.min(recent, n - s);
-      spare.push(Math.max(0, n - s - r - this.p.minLayer));
-      if (n - s - r <= 0) continue;
-      const sc = this.table.get(l);
-      for (let j = s; j < n - r; j++) cands.push({ l, j, s: sc[j] });
+      lo[l] = s;
+      hi[l] = n - r;
+      const c = n - s - r;
+      const spare = Math.max(0, c - this.p.minLayer);
+      lt[l] = -1; // no layer threshold: every candidate of the layer is eligible
+      if (spare === 0) {
+        hi[l] = lo[l]; // nothing of this layer can go
+        continue;
+      }
+      const scores = this.table.get(l);
+      if (spare < c) {
+        // eligible: the layer's `spare` lowest = ranks ≥ c − spare in rankByScore order (score desc, index desc)
+        for (let i = 0; i < c; i++) idx[i] = s + i;
+        nthByScore(scores, idx, 0, c - 1, c - spare);
+        lt[l] = idx[c - spare];
+        ls[l] = scores[lt[l]];
+      }
+      const t = lt[l], ts = ls[l];
+      for (let j = s; j < n - r; j++) {
+        const x = scores[j];
+        if (t >= 0 && !(x < ts || (x === ts && j <= t))) continue;
+        const k = j * L + l; // ascending k = ascending (row index, layer): the global tie order
+        flat[k] = x;
+        union[u++] = k;
+      }
     }
-    cands.sort((a, b) => a.s - b.s || a.j - b.j);
-    let excess = sum - total;
-    for (const c of cands) {
-      if (excess <= 0) break;
-      if (spare[c.l] <= 0) continue;
-      marks[c.l][c.j] = 0;
-      spare[c.l]--;
-      excess--;
+    // of the union, the `excess` lowest go (all of it when it is smaller)
+    const excess = sum - total;
+    let gt = -1, gs = 0;
+    if (u > excess) {
+      nthByScore(flat, union, 0, u - 1, u - excess);
+      gt = union[u - excess];
+      gs = flat[gt];
     }
-    for (let l = 0; l < this.nLayers; l++) {
-      const keep = fromMask(marks[l]);
-      this.layerBudgets[l] = keep.length;
-      if (keep.length < kv.length(l)) this.pruneLayer(kv, l, keep, events);
+    for (let l = 0; l < L; l++) {
+      const n = kv.length(l);
+      const keep = sc.keep;
+      let m = 0;
+      const t = lt[l], ts = ls[l];
+      const scores = this.table.get(l);
+      for (let j = 0; j < n; j++) {
+        if (j >= lo[l] && j < hi[l]) {
+          const x = scores[j];
+          const eligible = t < 0 || x < ts || (x === ts && j <= t);
+          if (eligible) {
+            const k = j * L + l;
+            if (gt < 0 || x < gs || (x === gs && k <= gt)) continue; // evicted
+          }
+        }
+        keep[m++] = j;
+      }
+      this.layerBudgets[l] = m;
+      if (m < n) this.pruneLayer(kv, l, keep.subarray(0, m), events);
     }
+  }
+
+  private sc:
+    | {
+      maxN: number;
+      idx: Int32Array;
+      keep: Int32Array;
+      flat: Float32Array;
+      union: Int32Array;
+      lo: Int32Array;
+      hi: Int32Array;
+      lt: Int32Array;
+      ls: Float32Array;
+    }
+    | undefined;
+
+  /** Reusable buffers for the global selection over layers of up to `maxN` rows. */
+  private scratch(maxN: number) {
+    if (!this.sc || this.sc.maxN < maxN) {
+      let cap = Math.max(64, this.sc?.maxN ?? 0);
+      while (cap < maxN) cap *= 2;
+      const L = this.nLayers;
+      this.sc = {
+        maxN: cap,
+        idx: new Int32Array(cap),
+        keep: new Int32Array(cap),
+        flat: new Float32Array(cap * L),
+        union: new Int32Array(cap * L),
+        lo: new Int32Array(L),
+        hi: new Int32Array(L),
+        lt: new Int32Array(L),
+        ls: new Float32Array(L),
+      };
+    }
+    return this.sc;
   }
 
   private pruneAdaptive(kv: SequenceKV, events: PruneEvent[]): void {
@@ -285,7 +361,7 @@ export class LethePolicy extends BasePolicy {
         this.triggers[l] *= 2; // flat: back off
         continue;
       }
-      const keep = selectKeep(scores, n, { sink: s, recent: r, budget: s + r + b });
+      const keep = this.selector.select(scores, n, { sink: s, recent: r, budget: s + r + b });
       this.pruneLayer(kv, l, keep, events);
       if (keep.length >= this.triggers[l]) this.triggers[l] *= 2;
     }

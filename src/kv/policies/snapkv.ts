@@ -14,11 +14,12 @@ import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
 import {
   BasePolicy,
-  maxPool,
+  compactRows,
+  KeepSelector,
+  maxPoolInto,
   paramSchemas,
   resolveBudget,
   type RowAligned,
-  selectKeep,
 } from "../policy_core.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
 
@@ -30,32 +31,99 @@ export const schema = z.strictObject({
 });
 export type SnapParams = z.infer<typeof schema>;
 
-/** The last `window` steps' score vectors of every layer, compacted with the cache. */
+/**
+ * The last `window` steps' score vectors of every layer, compacted with the cache. Per layer one contiguous
+ * buffer of `size` slots × `cap` rows used as a ring (no allocation per step); every slot holds zeros past
+ * its vector's length (the rows its query never saw), so the vote sum needs no length checks and a
+ * compaction is a few memmoves per slot.
+ */
 class ScoreRing implements RowAligned {
-  readonly entries: Float32Array[][];
+  private data: Float32Array[] = [];
+  private cap: Int32Array;
+  /** Per layer: slot of the oldest vector, number of vectors; per slot: the vector's length. */
+  private head: Int32Array;
+  private count: Int32Array;
+  private lens: Int32Array[] = [];
+
   constructor(nLayers: number, readonly size: number) {
-    this.entries = Array.from({ length: nLayers }, () => []);
+    this.cap = new Int32Array(nLayers).fill(16);
+    this.head = new Int32Array(nLayers);
+    this.count = new Int32Array(nLayers);
+    for (let l = 0; l < nLayers; l++) {
+      this.data.push(new Float32Array(size * 16));
+      this.lens.push(new Int32Array(size));
+    }
   }
+
+  /** Room for `n` rows per slot (new rows read 0 in every slot). */
+  private reserve(layer: number, n: number): void {
+    const old = this.cap[layer];
+    if (n <= old) return;
+    let cap = old;
+    while (cap < n) cap *= 2;
+    const next = new Float32Array(this.size * cap);
+    const d = this.data[layer];
+    for (let w = 0; w < this.size; w++) next.set(d.subarray(w * old, w * old + old), w * cap);
+    this.data[layer] = next;
+    this.cap[layer] = cap;
+  }
+
   push(layer: number, scores: Float32Array): void {
-    const e = this.entries[layer];
-    e.push(scores.slice());
-    if (e.length > this.size) e.shift();
+    this.reserve(layer, scores.length);
+    const cap = this.cap[layer], d = this.data[layer];
+    let slot: number;
+    if (this.count[layer] < this.size) {
+      slot = (this.head[layer] + this.count[layer]) % this.size;
+      this.count[layer]++;
+    } else {
+      slot = this.head[layer]; // the oldest goes
+      this.head[layer] = (slot + 1) % this.size;
+    }
+    d.set(scores, slot * cap);
+    d.fill(0, slot * cap + scores.length, slot * cap + cap);
+    this.lens[layer][slot] = scores.length;
   }
+
   clear(layer: number): void {
-    this.entries[layer] = [];
+    this.head[layer] = 0;
+    this.count[layer] = 0;
   }
-  /** Sum of the ring's votes over `n` rows (rows an older query never saw count 0). */
-  sum(layer: number, n: number): Float32Array {
-    const out = new Float32Array(n);
-    for (const e of this.entries[layer]) for (let i = 0; i < e.length && i < n; i++) out[i] += e[i];
+
+  /**
+   * Sum of the ring's votes over `n` rows into `out` (rows an older query never saw count 0), oldest vector
+   * first with f32 rounding at every addition: the same values as summing the vectors one by one.
+   */
+  sumInto(layer: number, n: number, out: Float32Array): Float32Array {
+    this.reserve(layer, n);
+    const cap = this.cap[layer], d = this.data[layer];
+    out.fill(0, 0, n);
+    for (let k = 0; k < this.count[layer]; k++) {
+      const off = ((this.head[layer] + k) % this.size) * cap;
+      for (let i = 0; i < n; i++) out[i] += d[off + i];
+    }
     return out;
   }
+
   compact(layer: number, keep: Int32Array): void {
-    this.entries[layer] = this.entries[layer].map((e) => {
-      const out = new Float32Array(keep.length);
-      for (let i = 0; i < keep.length; i++) out[i] = keep[i] < e.length ? e[keep[i]] : 0;
-      return out;
-    });
+    const cap = this.cap[layer], d = this.data[layer], lens = this.lens[layer];
+    for (let k = 0; k < this.count[layer]; k++) {
+      const slot = (this.head[layer] + k) % this.size;
+      const off = slot * cap;
+      compactRows(d, off, keep);
+      d.fill(0, off + keep.length, off + Math.max(keep.length, lens[slot]));
+      lens[slot] = keep.length;
+    }
+  }
+
+  /** The vectors of `layer`, oldest first (copies). */
+  vectors(layer: number): Float32Array[] {
+    const out: Float32Array[] = [];
+    const cap = this.cap[layer];
+    for (let k = 0; k < this.count[layer]; k++) {
+      const slot = (this.head[layer] + k) % this.size;
+      out.push(this.data[layer].slice(slot * cap, slot * cap + this.lens[layer][slot]));
+    }
+    return out;
   }
 }
 
@@ -66,6 +134,10 @@ export class SnapKVPolicy extends BasePolicy {
   protected readonly window: number;
   protected readonly kernel: number;
   private readonly ring: ScoreRing;
+  private readonly selector = new KeepSelector();
+  /** Scratch: summed and pooled votes. */
+  private sums = new Float32Array(64);
+  private pooled = new Float32Array(64);
 
   constructor(p: SnapParams, shape: PolicyShape) {
     super(p, shape);
@@ -104,15 +176,21 @@ export class SnapKVPolicy extends BasePolicy {
       const n = kv.length(l);
       const b = this.layerBudget(l);
       if (n <= b) continue;
-      const votes = maxPool(this.ring.sum(l, n), this.kernel);
+      if (this.sums.length < n) {
+        this.sums = new Float32Array(Math.max(n, 2 * this.sums.length));
+        this.pooled = new Float32Array(this.sums.length);
+      }
+      const votes = maxPoolInto(this.ring.sumInto(l, n, this.sums), n, this.kernel, this.pooled);
       const recent = phase === "prefill" ? Math.min(this.window, nNew) : this.window;
-      const keep = selectKeep(votes, n, { sink: this.sink, recent, budget: b });
+      const keep = this.selector.select(votes, n, { sink: this.sink, recent, budget: b });
       this.pruneLayer(kv, l, keep, events);
     }
   }
 
   protected override exportMeta(): Record<string, unknown> {
-    return { ring: this.ring.entries.map((layer) => layer.map((e) => Array.from(e))) };
+    return {
+      ring: Array.from({ length: this.nLayers }, (_, l) => this.ring.vectors(l).map((e) => Array.from(e))),
+    };
   }
 
   protected override importMeta(meta: Record<string, unknown>, kv: SequenceKV): void {

@@ -1,11 +1,14 @@
 /**
  * StreamingLLM (Xiao et al. 2023): keep `sink` attention-sink tokens and a window of the most recent ones,
  * `budget` rows per layer in all. Needs no scores. Prunes a layer as soon as it exceeds the budget.
+ *
+ * The decision is O(1): the keep list of a layer with n rows is [0, sink) ∪ [n − (budget − sink), n) (what
+ * `selectKeep` with recent = budget gives), built once per n and reused (in decode n is budget + 1).
  */
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
-import { BasePolicy, paramSchemas, resolveBudget, selectKeep } from "../policy_core.ts";
+import { BasePolicy, paramSchemas, resolveBudget } from "../policy_core.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
 
 export const schema = z.strictObject({
@@ -29,13 +32,29 @@ export class StreamingPolicy extends BasePolicy {
     return undefined;
   }
 
+  private keepN = -1;
+  private keepList = new Int32Array(0);
+
+  /** Sinks and the newest rows, `budget` of `n` rows (n > budget), ascending. */
+  private keepFor(n: number): Int32Array {
+    if (n !== this.keepN) {
+      const b = this.budgetTokens;
+      const s = Math.min(this.sink, b);
+      const keep = new Int32Array(b);
+      for (let i = 0; i < s; i++) keep[i] = i;
+      for (let i = s; i < b; i++) keep[i] = n - b + i;
+      this.keepN = n;
+      this.keepList = keep;
+    }
+    return this.keepList;
+  }
+
   protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {
     const b = this.budgetTokens;
     for (let l = 0; l < this.nLayers; l++) {
       const n = kv.length(l);
       if (n <= b) continue;
-      const keep = selectKeep(this.table.get(l), n, { sink: this.sink, recent: b, budget: b });
-      this.pruneLayer(kv, l, keep, events);
+      this.pruneLayer(kv, l, this.keepFor(n), events);
     }
   }
 }
