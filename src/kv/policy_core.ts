@@ -271,20 +271,52 @@ export function fromMask(mark: Uint8Array): Int32Array {
 }
 
 /**
- * In-place `a[off + i] = a[off + keep[i]]` for ascending `keep`, moved run by run (copyWithin: a memmove
- * per run of consecutive kept rows; an eviction of a few rows is a few moves).
+ * The runs of consecutive kept rows that move, as (dst, src, length) triples into `runs` (grown when
+ * needed; returned with the number of triples). The unchanged prefix is skipped.
  */
-export function compactRows(a: Float32Array, off: number, keep: Int32Array): void {
+export function keepRuns(
+  keep: Int32Array,
+  runs: Int32Array<ArrayBuffer>,
+): { runs: Int32Array<ArrayBuffer>; count: number } {
   const m = keep.length;
-  let i = 0;
-  while (i < m && keep[i] === i) i++; // the unchanged prefix
+  let i = 0, c = 0;
+  while (i < m && keep[i] === i) i++;
   while (i < m) {
     const src = keep[i];
     let e = i + 1;
     while (e < m && keep[e] === src + (e - i)) e++;
-    a.copyWithin(off + i, off + src, off + src + (e - i));
+    if (3 * c + 3 > runs.length) {
+      const next = new Int32Array(Math.max(24, 2 * runs.length));
+      next.set(runs);
+      runs = next;
+    }
+    runs[3 * c] = i;
+    runs[3 * c + 1] = src;
+    runs[3 * c + 2] = e - i;
+    c++;
     i = e;
   }
+  return { runs, count: c };
+}
+
+/** Apply `keepRuns` triples to the rows of `a` starting at `off` (a memmove per run). */
+export function moveRuns(a: Float32Array, off: number, runs: Int32Array, count: number): void {
+  for (let r = 0; r < count; r++) {
+    const src = off + runs[3 * r + 1];
+    a.copyWithin(off + runs[3 * r], src, src + runs[3 * r + 2]);
+  }
+}
+
+let sharedRuns = new Int32Array(24);
+
+/**
+ * In-place `a[off + i] = a[off + keep[i]]` for ascending `keep`, moved run by run (copyWithin: a memmove
+ * per run of consecutive kept rows; an eviction of a few rows is a few moves).
+ */
+export function compactRows(a: Float32Array, off: number, keep: Int32Array): void {
+  const r = keepRuns(keep, sharedRuns);
+  sharedRuns = r.runs;
+  moveRuns(a, off, r.runs, r.count);
 }
 
 /** Anything that compacts like the cache (a ScoreTable, a policy's extra per-row state). */
@@ -330,15 +362,20 @@ export function maxPool(a: ArrayLike<number>, kernel: number): Float32Array {
   return maxPoolInto(a, a.length, kernel, new Float32Array(a.length));
 }
 
-/** `maxPool` of the first `n` values of `a` into `out` (length ≥ n); returns `out.subarray(0, n)`. */
+/**
+ * `maxPool` of the first `n` values of `a` into `out` (length ≥ n), computed for outputs [from, to) only
+ * (reading `a` within `kernel / 2` of that range); returns `out.subarray(0, n)`.
+ */
 export function maxPoolInto(
   a: ArrayLike<number>,
   n: number,
   kernel: number,
   out: Float32Array,
+  from = 0,
+  to = n,
 ): Float32Array {
   const h = Math.max(0, Math.floor(kernel / 2));
-  for (let i = 0; i < n; i++) {
+  for (let i = from; i < to; i++) {
     let m = -Infinity;
     const lo = Math.max(0, i - h), hi = Math.min(n - 1, i + h);
     for (let j = lo; j <= hi; j++) if (a[j] > m) m = a[j];

@@ -14,9 +14,10 @@ import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
 import {
   BasePolicy,
-  compactRows,
+  keepRuns,
   KeepSelector,
   maxPoolInto,
+  moveRuns,
   paramSchemas,
   resolveBudget,
   type RowAligned,
@@ -93,23 +94,38 @@ class ScoreRing implements RowAligned {
    * Sum of the ring's votes over `n` rows into `out` (rows an older query never saw count 0), oldest vector
    * first with f32 rounding at every addition: the same values as summing the vectors one by one.
    */
-  sumInto(layer: number, n: number, out: Float32Array): Float32Array {
+  sumInto(layer: number, n: number, out: Float32Array, from = 0, to = n): Float32Array {
     this.reserve(layer, n);
-    const cap = this.cap[layer], d = this.data[layer];
-    out.fill(0, 0, n);
-    for (let k = 0; k < this.count[layer]; k++) {
-      const off = ((this.head[layer] + k) % this.size) * cap;
-      for (let i = 0; i < n; i++) out[i] += d[off + i];
+    const cap = this.cap[layer], d = this.data[layer], size = this.size, head = this.head[layer];
+    const count = this.count[layer];
+    const fr = Math.fround;
+    out.fill(0, from, to);
+    let k = 0;
+    // four vectors per pass (one load/store of `out` per row and pass), still added one at a time in order
+    for (; k + 4 <= count; k += 4) {
+      const o0 = ((head + k) % size) * cap, o1 = ((head + k + 1) % size) * cap;
+      const o2 = ((head + k + 2) % size) * cap, o3 = ((head + k + 3) % size) * cap;
+      for (let i = from; i < to; i++) {
+        out[i] = fr(fr(fr(fr(out[i] + d[o0 + i]) + d[o1 + i]) + d[o2 + i]) + d[o3 + i]);
+      }
+    }
+    for (; k < count; k++) {
+      const off = ((head + k) % size) * cap;
+      for (let i = from; i < to; i++) out[i] += d[off + i];
     }
     return out;
   }
 
+  private runs = new Int32Array(24);
+
   compact(layer: number, keep: Int32Array): void {
     const cap = this.cap[layer], d = this.data[layer], lens = this.lens[layer];
+    const r = keepRuns(keep, this.runs);
+    this.runs = r.runs;
     for (let k = 0; k < this.count[layer]; k++) {
       const slot = (this.head[layer] + k) % this.size;
       const off = slot * cap;
-      compactRows(d, off, keep);
+      moveRuns(d, off, r.runs, r.count);
       d.fill(0, off + keep.length, off + Math.max(keep.length, lens[slot]));
       lens[slot] = keep.length;
     }
@@ -180,8 +196,13 @@ export class SnapKVPolicy extends BasePolicy {
         this.sums = new Float32Array(Math.max(n, 2 * this.sums.length));
         this.pooled = new Float32Array(this.sums.length);
       }
-      const votes = maxPoolInto(this.ring.sumInto(l, n, this.sums), n, this.kernel, this.pooled);
       const recent = phase === "prefill" ? Math.min(this.window, nNew) : this.window;
+      // the selection reads the votes of the middle rows only (sinks and recent rows stay regardless, as
+      // in selectKeep): pool there, sum within kernel/2 of it
+      const s = Math.min(this.sink, b), lo = s, hi = n - Math.min(recent, b - s);
+      const h = this.kernel >> 1;
+      const sums = this.ring.sumInto(l, n, this.sums, Math.max(0, lo - h), Math.min(n, hi + h));
+      const votes = maxPoolInto(sums, n, this.kernel, this.pooled, lo, hi);
       const keep = this.selector.select(votes, n, { sink: this.sink, recent, budget: b });
       this.pruneLayer(kv, l, keep, events);
     }
