@@ -33,5 +33,12 @@ fi
 # 3. npm packages used through Deno's import map (cached in node_modules/.deno)
 deno install --quiet >/dev/null 2>&1 || deno install
 
+# 3b. The real Deno binary where npm scripts find it first (node_modules/.lethe-bin, which neither npm nor Deno
+#     manages). npm 11 skips deno's postinstall, so node_modules/.bin/deno stays a Node launcher that does not
+#     pass signals on: SIGTERM would never reach the server's graceful shutdown.
+real_deno=$(cd node_modules/deno && node -p 'require("./install_api.cjs").runInstall()')
+mkdir -p node_modules/.lethe-bin
+ln -sf "$real_deno" node_modules/.lethe-bin/deno
+
 # 4. native libraries (CPU always when a compiler exists; CUDA when nvcc exists)
 deno task --quiet build:native
