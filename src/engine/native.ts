@@ -181,6 +181,11 @@ export class NativeKV implements SequenceKV {
   nextPos = 0;
   /** Mirror of the library's per-layer lengths (kept in step by every call that changes them). */
   readonly lens: Int32Array;
+  /**
+   * Mirror of each layer's row positions (rows 0..lens[l]), kept in step like `lens`, so positions() — read by
+   * policies every decode step — is a view, not an FFI call and an allocation.
+   */
+  #pos: Int32Array[];
   #ptr: Deno.PointerValue;
   readonly #lib: LetheLib;
   readonly owner: NativeBackend;
@@ -191,6 +196,25 @@ export class NativeKV implements SequenceKV {
     this.#ptr = ptr;
     this.shape = { ...shape };
     this.lens = new Int32Array(shape.nLayers);
+    this.#pos = Array.from({ length: shape.nLayers }, () => new Int32Array(16));
+  }
+
+  /** Record that a forward step appended `T` rows (positions nextPos…) to every layer. */
+  noteAppend(T: number): void {
+    for (let l = 0; l < this.shape.nLayers; l++) {
+      const n = this.lens[l];
+      let p = this.#pos[l];
+      if (n + T > p.length) {
+        let cap = p.length;
+        while (cap < n + T) cap *= 2;
+        const next = new Int32Array(cap);
+        next.set(p.subarray(0, n));
+        this.#pos[l] = p = next;
+      }
+      for (let t = 0; t < T; t++) p[n + t] = this.nextPos + t;
+      this.lens[l] = n + T;
+    }
+    this.nextPos += T;
   }
 
   /** The lethe_kv handle (throws once freed). */
@@ -211,14 +235,14 @@ export class NativeKV implements SequenceKV {
   }
 
   positions(layer: number): Int32Array {
-    const pos = new Int32Array(this.lens[this.#layer(layer)]);
-    check(this.#lib, this.#lib.lethe_kv_read(this.ptr, layer, null, null, pos), "kv positions");
-    return pos;
+    return this.#pos[this.#layer(layer)].subarray(0, this.lens[layer]);
   }
 
   compact(layer: number, keep: Int32Array): void {
     this.#layer(layer);
     check(this.#lib, this.#lib.lethe_kv_compact(this.ptr, layer, keep, keep.length), "kv compact");
+    const p = this.#pos[layer];
+    for (let i = 0; i < keep.length; i++) p[i] = p[keep[i]];
     this.lens[layer] = keep.length;
   }
 
@@ -259,6 +283,7 @@ export class NativeKV implements SequenceKV {
         this.#lib.lethe_kv_write(this.ptr, l, host.k[l], host.v[l], host.pos[l], n),
         "kv write",
       );
+      this.#pos[l] = Int32Array.from(host.pos[l].subarray(0, Math.max(n, 1)));
       this.lens[l] = n;
     }
     this.nextPos = host.nextPos;
@@ -427,8 +452,7 @@ export class NativeBackend implements Backend {
       const b = batch[s];
       const kv = kvs[s];
       const T = b.tokens.length;
-      for (let l = 0; l < L; l++) kv.lens[l] += T;
-      kv.nextPos += T;
+      kv.noteAppend(T);
       const rows = b.logits === "all" ? T : b.logits === "last" ? 1 : 0;
       const lg = logits.subarray(lo * V, (lo + rows) * V);
       lo += rows;
