@@ -18,6 +18,7 @@
  * the layer's largest value).
  */
 import assert from "node:assert/strict";
+import { assertClose, maxAbs } from "./support/compare.ts";
 import { dirname, resolve } from "node:path";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
 import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
@@ -25,7 +26,7 @@ import { createTsBackend } from "../src/engine/ts/backend.ts";
 import type { Backend, KVPrecision, StepInput, StepOutput } from "../src/engine/backend.ts";
 import { HostKVCache } from "../src/kv/cache.ts";
 import { runSequence, Sequence } from "../src/engine/sequence.ts";
-import { GREEDY } from "../src/engine/sampler.ts";
+import { argmax, GREEDY } from "../src/engine/sampler.ts";
 import { createPolicy } from "../src/kv/policy.ts";
 import { loadModel, REPO_ROOT, SHARED_MODELS } from "../src/model/loader.ts";
 import {
@@ -180,28 +181,6 @@ Deno.test({
 // ---------------------------------------------------------------------------------------------------------
 // GPU tests (device count > 0)
 
-function maxAbs(a: Float32Array): number {
-  let m = 0;
-  for (const x of a) m = Math.max(m, Math.abs(x));
-  return m;
-}
-
-function assertClose(got: Float32Array, want: Float32Array, tol: number, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  let worst = 0, at = -1;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= worst)) {
-      worst = d;
-      at = i;
-    }
-  }
-  assert.ok(
-    worst <= tol,
-    `${what}: max abs diff ${worst} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}`,
-  );
-}
-
 /** Relative tolerance of logits/scores: 1e-4 with f32 KV rows, the f16 unit roundoff with f16 rows. */
 const F16_REL = 5e-4;
 function relTol(p: KVPrecision): number {
@@ -241,12 +220,6 @@ function assertSameF16Cache(a: HostKVCache, b: HostKVCache, maxFrac: number, wha
     }
   }
   assert.ok(differ <= maxFrac * total, `${what}: ${differ} of ${total} f16 values differ`);
-}
-
-function argmax(a: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
 }
 
 /**

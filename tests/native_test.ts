@@ -9,6 +9,8 @@
  * (assertSameF16Cache: layer 0 bit-equal but for flips, deeper layers within one ulp + 1e-3 of their scale).
  */
 import assert from "node:assert/strict";
+import { assertClose, maxAbs } from "./support/compare.ts";
+import { argmax } from "../src/engine/sampler.ts";
 import { buildNative, CPU_LIB } from "../native/build.ts";
 import { NativeBackend, NativeKV, openNativeBackend } from "../src/engine/native.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
@@ -32,28 +34,6 @@ const ignore = !cpuOk;
 const STORIES = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 const TINY_HF = SHARED_MODELS.tinystories656K;
 const GOLDEN = new URL("../../shared/golden/stories260K_greedy.json", import.meta.url);
-
-function maxAbs(a: Float32Array): number {
-  let m = 0;
-  for (const x of a) m = Math.max(m, Math.abs(x));
-  return m;
-}
-
-function assertClose(got: Float32Array, want: Float32Array, tol: number, what: string): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  let worst = 0, at = -1;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= worst)) {
-      worst = d;
-      at = i;
-    }
-  }
-  assert.ok(
-    worst <= tol,
-    `${what}: max abs diff ${worst} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}`,
-  );
-}
 
 function assertLogits(got: StepOutput, want: StepOutput, what: string, rel = 1e-4): void {
   assertClose(got.logits, want.logits, rel * Math.max(1, maxAbs(want.logits)), `${what} logits`);
@@ -91,12 +71,6 @@ function assertSameF16Cache(a: HostKVCache, b: HostKVCache, maxFrac: number, wha
       assert.ok(differ <= maxFrac * 2 * d, `${what}: layer 0: ${differ} of ${2 * d} f16 values differ`);
     }
   }
-}
-
-function argmax(a: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
 }
 
 /** Prefill `prompt` in one call, then greedy-decode `steps` tokens, comparing every step (logits + scores). */

@@ -13,6 +13,22 @@ import { HostKVCache, type KVShape, type SequenceKV } from "../kv/cache.ts";
 import { GGMLType, type ModelConfig, type ModelWeights, type Tensor } from "../model/types.ts";
 import { dequantize } from "../model/ggml.ts";
 
+/** lethe_forward(model, n_seq, kvs, tokens, n_tokens, start_pos, logits_mode, logits_out, score_decay,
+ * score_window, scores_out) — see native/lethe.h. */
+const FORWARD_PARAMS = [
+  "pointer",
+  "i32",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+  "buffer",
+] as const;
+
 const SYMBOLS = {
   lethe_model_create: { parameters: ["buffer"], result: "pointer" },
   lethe_model_set_tensor: {
@@ -28,37 +44,13 @@ const SYMBOLS = {
   lethe_kv_write: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer", "i32"], result: "i32" },
   lethe_kv_bytes: { parameters: ["pointer"], result: "i64" },
   lethe_forward: {
-    parameters: [
-      "pointer",
-      "i32",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-    ],
+    parameters: FORWARD_PARAMS,
     result: "i32",
   },
   /** The same function run on a worker thread (returns a Promise): used for steps that take a while. */
   lethe_forward_async: {
     name: "lethe_forward",
-    parameters: [
-      "pointer",
-      "i32",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-    ],
+    parameters: FORWARD_PARAMS,
     result: "i32",
     nonblocking: true,
   },
