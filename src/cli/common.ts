@@ -25,7 +25,9 @@ export function parseFlags<T extends Options>(args: string[], options: T, usage:
 export function intFlag(name: string, v: string | undefined, def: number, min = 0): number {
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer ≥ ${min}, got "${v}"`);
+  if (!Number.isInteger(n) || n < min) {
+    throw new UsageError(`--${name} must be an integer ≥ ${min}, got "${v}"`);
+  }
   return n;
 }
 

@@ -33,7 +33,9 @@ export function validateSampling(p: SamplingParams): void {
   const bad = (name: string, why: string) => {
     throw new RangeError(`${name} ${why}`);
   };
-  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) bad("temperature", "must be a finite number ≥ 0");
+  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) {
+    bad("temperature", "must be a finite number ≥ 0");
+  }
   if (!Number.isInteger(p.topK) || p.topK < 0) bad("top_k", "must be an integer ≥ 0");
   if (!(p.topP > 0 && p.topP <= 1)) bad("top_p", "must be in (0, 1]");
   if (!(p.minP >= 0 && p.minP <= 1)) bad("min_p", "must be in [0, 1]");
@@ -113,7 +115,9 @@ export class Sampler {
     if (p.repetitionPenalty !== 1 && p.repetitionWindow > 0 && history.length > 0) {
       l = Float32Array.from(logits);
       const seen = new Set<number>();
-      for (let i = Math.max(0, history.length - p.repetitionWindow); i < history.length; i++) seen.add(history[i]);
+      for (let i = Math.max(0, history.length - p.repetitionWindow); i < history.length; i++) {
+        seen.add(history[i]);
+      }
       for (const t of seen) {
         if (t >= 0 && t < l.length) l[t] = l[t] > 0 ? l[t] / p.repetitionPenalty : l[t] * p.repetitionPenalty;
       }
@@ -160,7 +164,10 @@ export class Sampler {
 
   setState(s: Record<string, unknown>): void {
     const rng = s.rng;
-    if (!Array.isArray(rng) || rng.length !== 4 || !rng.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32)) {
+    if (
+      !Array.isArray(rng) || rng.length !== 4 ||
+      !rng.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32)
+    ) {
       throw new Error("sampler state: rng must be four uint32 values");
     }
     this.rng.s.set(rng as number[]);
