@@ -505,3 +505,40 @@ export const paramSchemas = {
   count: (def: number, min = 1) =>
     z.number().int("must be an integer").min(min, `must be ≥ ${min}`).max(1 << 20).default(def),
 };
+
+/**
+ * Keep, per layer, the `budget` best-scoring rows plus `sink` leading and `recent` newest ones, pruning a layer
+ * as soon as it exceeds the budget (the decision: a linear scan for the one row to go in decode, partial
+ * selection otherwise; `KeepSelector`). H2O and TOVA are this rule; they differ in how scores accumulate.
+ */
+export abstract class TopScoresPolicy extends BasePolicy {
+  readonly budgetTokens: number;
+  protected readonly sink: number;
+  protected readonly recent: number;
+  private readonly selector = new KeepSelector();
+
+  constructor(
+    p: Params & { budget: number; sink: number },
+    shape: { nLayers: number; contextLength: number },
+    recentOf: (budgetTokens: number) => number,
+  ) {
+    super(p, shape);
+    this.budgetTokens = resolveBudget(p.budget, shape.contextLength);
+    this.sink = p.sink;
+    this.recent = recentOf(this.budgetTokens);
+  }
+
+  protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {
+    const b = this.budgetTokens;
+    for (let l = 0; l < this.nLayers; l++) {
+      const n = kv.length(l);
+      if (n <= b) continue;
+      const keep = this.selector.select(this.table.get(l), n, {
+        sink: this.sink,
+        recent: this.recent,
+        budget: b,
+      });
+      this.pruneLayer(kv, l, keep, events);
+    }
+  }
+}

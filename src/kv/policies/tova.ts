@@ -8,9 +8,8 @@
  */
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
-import type { SequenceKV } from "../cache.ts";
-import { BasePolicy, KeepSelector, paramSchemas, resolveBudget } from "../policy_core.ts";
-import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
+import { paramSchemas, TopScoresPolicy } from "../policy_core.ts";
+import type { Phase, PolicyShape } from "../policy.ts";
 
 export const schema = z.strictObject({
   budget: paramSchemas.budget(0.25),
@@ -19,37 +18,16 @@ export const schema = z.strictObject({
 });
 type Params = z.infer<typeof schema>;
 
-export class TovaPolicy extends BasePolicy {
+export class TovaPolicy extends TopScoresPolicy {
   readonly name = "tova";
-  readonly budgetTokens: number;
-  private readonly sink: number;
-  private readonly recent: number;
-  private readonly selector = new KeepSelector();
 
   constructor(p: Params, shape: PolicyShape) {
-    super(p, shape);
-    this.budgetTokens = resolveBudget(p.budget, shape.contextLength);
-    this.sink = p.sink;
-    this.recent = p.recent;
+    super(p, shape, () => p.recent);
     this.decay = 0; // S = S·0 + scores: only the latest query counts
   }
 
   scoreRequest(_phase: Phase, _nNew: number): ScoreRequest | undefined {
     return { decay: 0, window: 1 };
-  }
-
-  protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {
-    const b = this.budgetTokens;
-    for (let l = 0; l < this.nLayers; l++) {
-      const n = kv.length(l);
-      if (n <= b) continue;
-      const keep = this.selector.select(this.table.get(l), n, {
-        sink: this.sink,
-        recent: this.recent,
-        budget: b,
-      });
-      this.pruneLayer(kv, l, keep, events);
-    }
   }
 }
 
