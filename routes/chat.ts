@@ -21,10 +21,9 @@ import {
 } from "../src/server/schemas.ts";
 import {
   checkModel,
+  commonParams,
   finalChunks,
   randomId,
-  samplingFrom,
-  stopFrom,
   streamGeneration,
 } from "../src/server/generation.ts";
 import type { ChatMessage } from "../src/server/chat_prompt.ts";
@@ -58,7 +57,7 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
     const body = c.req.valid("json");
     const deps = c.get("deps");
     const model = checkModel(c, body.model);
-    const sampling = samplingFrom(body);
+    const common = commonParams(c, body);
     if (body.max_tokens && body.max_completion_tokens && body.max_tokens !== body.max_completion_tokens) {
       throw new ApiError(
         400,
@@ -77,17 +76,11 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
     const id = randomId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const params = {
-      owner: c.get("owner"),
+      ...common,
       endpoint: "chat" as const,
-      sessionId: body.session_id ?? undefined,
       input: { kind: "chat" as const, messages },
       maxTokens,
       maxTokensParam: body.max_completion_tokens ? "max_completion_tokens" : "max_tokens",
-      stop: stopFrom(body.stop),
-      sampling,
-      policy: body.kv_policy ?? undefined,
-      log: c.get("log"),
-      startedAt: c.get("startedAt"),
     };
     const base = { id, object: "chat.completion.chunk", created, model };
     if (body.stream) {

@@ -15,10 +15,9 @@ import {
 } from "../src/server/schemas.ts";
 import {
   checkModel,
+  commonParams,
   finalChunks,
   randomId,
-  samplingFrom,
-  stopFrom,
   streamGeneration,
 } from "../src/server/generation.ts";
 
@@ -45,21 +44,14 @@ export function registerCompletions(app: OpenAPIHono<AppEnv>): void {
     const body = c.req.valid("json");
     const deps = c.get("deps");
     const model = checkModel(c, body.model);
-    const sampling = samplingFrom(body);
     const id = randomId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const params = {
-      owner: c.get("owner"),
+      ...commonParams(c, body),
       endpoint: "completions" as const,
-      sessionId: body.session_id ?? undefined,
       input: { kind: "text" as const, text: body.prompt },
       maxTokens: body.max_tokens ?? undefined,
       maxTokensParam: "max_tokens",
-      stop: stopFrom(body.stop),
-      sampling,
-      policy: body.kv_policy ?? undefined,
-      log: c.get("log"),
-      startedAt: c.get("startedAt"),
     };
     const base = { id, object: "text_completion", created, model };
     if (body.stream) {

@@ -34,6 +34,22 @@ export function samplingFrom(b: SamplingBody): SamplingParams {
   };
 }
 
+/** The part of a generation request that chat and completions map the same way. */
+export function commonParams(
+  c: Context<AppEnv>,
+  body: SamplingBody & { session_id?: string | null; kv_policy?: unknown },
+): Pick<GenerateParams, "owner" | "sessionId" | "stop" | "sampling" | "policy" | "log" | "startedAt"> {
+  return {
+    owner: c.get("owner"),
+    sessionId: body.session_id ?? undefined,
+    stop: stopFrom(body.stop),
+    sampling: samplingFrom(body),
+    policy: body.kv_policy ?? undefined,
+    log: c.get("log"),
+    startedAt: c.get("startedAt"),
+  };
+}
+
 export function stopFrom(stop: string | string[] | null | undefined): string[] {
   if (stop === undefined || stop === null) return [];
   return (Array.isArray(stop) ? stop : [stop]).filter((s) => s.length > 0);
