@@ -88,9 +88,10 @@ async function compile(
 export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } = {}): Promise<BuildResult[]> {
   const results: BuildResult[] = [];
   const header = join(NATIVE_DIR, "lethe.h");
+  const f16 = join(NATIVE_DIR, "f16.h");
   const cpuDir = join(NATIVE_DIR, "cpu");
   const cpuSources = listSources(cpuDir, ".cpp");
-  const cpuDeps = [header, ...listSources(cpuDir, ".h")];
+  const cpuDeps = [header, f16, ...listSources(cpuDir, ".h")];
   if (cpuSources.length === 0) {
     results.push({ lib: "cpu", status: "skipped", path: CPU_LIB, message: "no native/cpu/*.cpp sources" });
   } else if (!(await hasCommand("g++"))) {
@@ -117,7 +118,7 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
       message: "nvcc not found; CUDA not built",
     });
   } else {
-    const cudaDeps = [header, ...listSources(cudaDir, ".h"), ...listSources(cudaDir, ".cuh")];
+    const cudaDeps = [header, f16, ...listSources(cudaDir, ".h"), ...listSources(cudaDir, ".cuh")];
     const flags = ["-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17", ...nvccArchFlags()];
     results.push(await compile("cuda", "nvcc", cudaSources, cudaDeps, flags, CUDA_LIB, opts.force ?? false));
   }

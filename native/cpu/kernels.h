@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../f16.h"
+
 #include <cmath>
 #include <vector>
 
@@ -27,29 +29,7 @@ inline float f16_to_f32(uint16_t h) {
 #ifdef LETHE_F16C
   return _cvtsh_ss(h);
 #else
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal
-      int e = -1;
-      do {
-        e++;
-        mant <<= 1;
-      } while ((mant & 0x400) == 0);
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
+  return lethe_f16_to_f32(h);
 #endif
 }
 
@@ -58,23 +38,7 @@ inline uint16_t f32_to_f16(float f) {
 #ifdef LETHE_F16C
   return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-  x &= 0x7fffffffu;
-  if (x >= 0x7f800000u) return sign | 0x7c00 | (x > 0x7f800000u ? 0x200 | ((x >> 13) & 0x3ff) : 0);
-  if (x >= 0x477ff000u) return sign | 0x7c00;  // >= 65520 rounds to inf
-  if (x < 0x38800000u) {  // below 2^-14: f16 subnormal (or zero); the float add rounds at 2^-24 (RNE)
-    float a;
-    memcpy(&a, &x, 4);
-    a += 0.5f;
-    uint32_t b;
-    memcpy(&b, &a, 4);
-    return sign | (uint16_t)(b - 0x3f000000u);
-  }
-  const uint32_t odd = (x >> 13) & 1;
-  x += ((uint32_t)(15 - 127) << 23) + 0xfff + odd;
-  return sign | (uint16_t)(x >> 13);
+  return lethe_f32_to_f16(f);
 #endif
 }
 

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../f16.h"
+
 #include <algorithm>
 #include <mutex>
 #include <new>
@@ -68,31 +70,6 @@ static bool cuda_ok(cudaError_t e, const char* what) {
 // ---------------------------------------------------------------------------------------------------------
 // Host-side conversions (vectors only: norms and biases become f32 on upload)
 
-static float host_f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal
-      int e = -1;
-      do {
-        e++;
-        mant <<= 1;
-      } while ((mant & 0x400) == 0);
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
 
 static uint16_t host_u16(const uint8_t* p) {
   uint16_t v;
@@ -106,7 +83,7 @@ static void host_to_f32(int type, const uint8_t* src, float* dst, int64_t n) {
       memcpy(dst, src, (size_t)n * 4);
       break;
     case T_F16:
-      for (int64_t i = 0; i < n; i++) dst[i] = host_f16_to_f32(host_u16(src + 2 * i));
+      for (int64_t i = 0; i < n; i++) dst[i] = lethe_f16_to_f32(host_u16(src + 2 * i));
       break;
     case T_BF16:
       for (int64_t i = 0; i < n; i++) {
@@ -117,14 +94,14 @@ static void host_to_f32(int type, const uint8_t* src, float* dst, int64_t n) {
     case T_Q8_0:
       for (int64_t b = 0; b < n / QK; b++) {
         const uint8_t* blk = src + b * Q8_0_BYTES;
-        const float d = host_f16_to_f32(host_u16(blk));
+        const float d = lethe_f16_to_f32(host_u16(blk));
         for (int j = 0; j < QK; j++) dst[b * QK + j] = (float)((const int8_t*)(blk + 2))[j] * d;
       }
       break;
     case T_Q4_0:
       for (int64_t b = 0; b < n / QK; b++) {
         const uint8_t* blk = src + b * Q4_0_BYTES;
-        const float d = host_f16_to_f32(host_u16(blk));
+        const float d = lethe_f16_to_f32(host_u16(blk));
         for (int j = 0; j < QK / 2; j++) {
           dst[b * QK + j] = (float)((int)(blk[2 + j] & 0x0f) - 8) * d;
           dst[b * QK + j + QK / 2] = (float)((int)(blk[2 + j] >> 4) - 8) * d;

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../f16.h"
+
 #include <ucontext.h>
 
 #include <algorithm>
@@ -185,53 +187,8 @@ inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
 inline unsigned short __half_as_ushort(__half h) { return h.x; }
 // f32 -> half, round to nearest even (cvt.rn.f16.f32; = JS Math.f16round): overflow to +-inf, subnormals kept,
 // NaN stays NaN (quiet, payload truncated).
-inline __half __float2half_rn(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u, u = x & 0x7fffffffu;
-  if (u >= 0x7f800000u) {  // inf, or NaN (kept quiet)
-    return __half{(unsigned short)(sign | 0x7c00u | (u > 0x7f800000u ? 0x200u | ((u >> 13) & 0x3ffu) : 0u))};
-  }
-  if (u >= 0x477ff000u) return __half{(unsigned short)(sign | 0x7c00u)};  // >= 65520 rounds to inf
-  uint32_t r, rem, half;
-  if (u >= 0x38800000u) {  // normal half: rebias the exponent, drop 13 mantissa bits
-    r = (u - 0x38000000u) >> 13;
-    rem = u & 0x1fffu;
-    half = 0x1000u;
-  } else {  // subnormal half (units of 2^-24) or zero
-    const uint32_t e = u >> 23;
-    if (e < 102) return __half{(unsigned short)sign};  // below 2^-25: rounds to (signed) zero
-    const uint32_t mant = (u & 0x7fffffu) | 0x800000u, shift = 126 - e;  // 14..24
-    r = mant >> shift;
-    rem = mant & ((1u << shift) - 1);
-    half = 1u << (shift - 1);
-  }
-  if (rem > half || (rem == half && (r & 1u))) r++;  // a carry into the exponent is the right encoding
-  return __half{(unsigned short)(sign | r)};
-}
-inline float __half2float(__half h) {
-  const uint32_t sign = (uint32_t)(h.x & 0x8000) << 16;
-  uint32_t exp = (h.x >> 10) & 0x1f, mant = h.x & 0x3ff, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      int e = -1;
-      do {
-        e++;
-        mant <<= 1;
-      } while ((mant & 0x400) == 0);
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
+inline __half __float2half_rn(float f) { return __half{lethe_f32_to_f16(f)}; }
+inline float __half2float(__half h) { return lethe_f16_to_f32(h.x); }
 inline float __uint_as_float(unsigned int u) {
   float f;
   memcpy(&f, &u, 4);
