@@ -1,0 +1,77 @@
+/**
+ * The one textual syntax for a KV-policy spec, used by every CLI flag, environment variable and server option
+ * (the HTTP API takes the JSON object form):
+ *
+ *   lethe                              the policy with its defaults
+ *   lethe:mode=fixed,budget=128        name, then comma-separated key=value params
+ *   {"name":"lethe","budget":128}      a JSON object with "name"
+ *
+ * In the key=value form a value that reads as a number is a number, `true`/`false` are booleans, anything
+ * else is a string. The result is only parsed, not validated: `parsePolicySpec` validates it against the
+ * policy's schema.
+ */
+import type { PolicySpec } from "./policy.ts";
+
+/** A spec text that is not in any of the three forms. */
+export class PolicySpecSyntaxError extends Error {
+  override name = "PolicySpecSyntaxError";
+}
+
+const NAME_RE = /^[a-z][a-z0-9_]*$/;
+const KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function value(text: string): number | boolean | string {
+  if (text === "true") return true;
+  if (text === "false") return false;
+  if (/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text)) return Number(text);
+  return text;
+}
+
+/** Parse `name`, `name:k=v,…` or a JSON object into a PolicySpec; throws PolicySpecSyntaxError. */
+export function parsePolicyText(text: string): PolicySpec {
+  const s = text.trim();
+  if (s.startsWith("{")) {
+    let obj: unknown;
+    try {
+      obj = JSON.parse(s);
+    } catch (e) {
+      throw new PolicySpecSyntaxError(`KV policy spec is not valid JSON: ${(e as Error).message}`);
+    }
+    if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+      throw new PolicySpecSyntaxError(`KV policy spec must be a JSON object like {"name":"lethe"}`);
+    }
+    if (typeof (obj as { name?: unknown }).name !== "string") {
+      throw new PolicySpecSyntaxError(`KV policy spec needs a string "name"`);
+    }
+    return obj as PolicySpec;
+  }
+  const colon = s.indexOf(":");
+  const name = colon < 0 ? s : s.slice(0, colon);
+  if (!NAME_RE.test(name)) {
+    throw new PolicySpecSyntaxError(
+      `KV policy spec "${s.slice(0, 80)}": expected a name, name:key=value,… or a JSON object`,
+    );
+  }
+  const spec: PolicySpec = { name };
+  if (colon < 0) return spec;
+  const rest = s.slice(colon + 1);
+  if (rest.trim() === "") return spec;
+  for (const part of rest.split(",")) {
+    const eq = part.indexOf("=");
+    const key = (eq < 0 ? part : part.slice(0, eq)).trim();
+    if (eq < 0 || !KEY_RE.test(key) || key === "name") {
+      throw new PolicySpecSyntaxError(`KV policy spec "${s.slice(0, 80)}": bad parameter "${part.trim()}"`);
+    }
+    if (Object.hasOwn(spec, key)) {
+      throw new PolicySpecSyntaxError(`KV policy spec "${s.slice(0, 80)}": "${key}" given twice`);
+    }
+    spec[key] = value(part.slice(eq + 1).trim());
+  }
+  return spec;
+}
+
+/** The canonical text form of a spec (`name:k=v,…`, keys in the given order). */
+export function formatPolicyText(spec: { name: string; [k: string]: unknown }): string {
+  const params = Object.entries(spec).filter(([k]) => k !== "name");
+  return params.length === 0 ? spec.name : `${spec.name}:${params.map(([k, v]) => `${k}=${v}`).join(",")}`;
+}
