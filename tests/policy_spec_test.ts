@@ -1,16 +1,16 @@
-import { assertEquals, assertThrows } from "node:assert";
+import assert from "node:assert/strict";
 import { formatPolicyText, parsePolicyText, PolicySpecSyntaxError } from "../src/kv/policy_spec.ts";
 
 Deno.test("policy spec text: name, name:k=v and JSON forms parse to the same spec", () => {
-  assertEquals(parsePolicyText("lethe"), { name: "lethe" });
-  assertEquals(parsePolicyText(" lethe: "), { name: "lethe" });
+  assert.deepEqual(parsePolicyText("lethe"), { name: "lethe" });
+  assert.deepEqual(parsePolicyText(" lethe: "), { name: "lethe" });
   const want = { name: "lethe", mode: "fixed", budget: 128, gamma: 0.9, adaptive_decay: false };
-  assertEquals(parsePolicyText("lethe:mode=fixed,budget=128,gamma=0.9,adaptive_decay=false"), want);
-  assertEquals(parsePolicyText(JSON.stringify(want)), want);
-  assertEquals(parsePolicyText("h2o:budget=.25,sink=4"), { name: "h2o", budget: 0.25, sink: 4 });
-  assertEquals(parsePolicyText("h2o:budget=1e3"), { name: "h2o", budget: 1000 });
-  assertEquals(formatPolicyText(want), "lethe:mode=fixed,budget=128,gamma=0.9,adaptive_decay=false");
-  assertEquals(parsePolicyText(formatPolicyText(want)), want);
+  assert.deepEqual(parsePolicyText("lethe:mode=fixed,budget=128,gamma=0.9,adaptive_decay=false"), want);
+  assert.deepEqual(parsePolicyText(JSON.stringify(want)), want);
+  assert.deepEqual(parsePolicyText("h2o:budget=.25,sink=4"), { name: "h2o", budget: 0.25, sink: 4 });
+  assert.deepEqual(parsePolicyText("h2o:budget=1e3"), { name: "h2o", budget: 1000 });
+  assert.deepEqual(formatPolicyText(want), "lethe:mode=fixed,budget=128,gamma=0.9,adaptive_decay=false");
+  assert.deepEqual(parsePolicyText(formatPolicyText(want)), want);
 });
 
 Deno.test("policy spec text: malformed specs are one clear error", () => {
@@ -28,6 +28,6 @@ Deno.test("policy spec text: malformed specs are one clear error", () => {
       '{"budget":3}',
     ]
   ) {
-    assertThrows(() => parsePolicyText(bad), PolicySpecSyntaxError, undefined, bad);
+    assert.throws(() => parsePolicyText(bad), PolicySpecSyntaxError, bad);
   }
 });
