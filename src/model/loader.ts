@@ -5,7 +5,7 @@
 import { readGGUFFile } from "./gguf.ts";
 import { modelFromGGUF } from "./gguf_model.ts";
 import { loadHFModel } from "./hf.ts";
-import { spmFromGGUFMetadata } from "./tokenizer/spm.ts";
+import { tokenizerFromGGUFMetadata } from "./tokenizer/from_gguf.ts";
 import { modelFingerprint } from "./fingerprint.ts";
 import { ModelFormatError } from "./errors.ts";
 import type { ModelConfig, ModelWeights } from "./types.ts";
@@ -55,7 +55,12 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
   } else {
     const file = await readGGUFFile(path);
     const { config, weights, metadata } = modelFromGGUF(file);
-    const tokenizer = spmFromGGUFMetadata(metadata);
+    let tokenizer: Tokenizer;
+    try {
+      tokenizer = tokenizerFromGGUFMetadata(metadata);
+    } catch (e) {
+      throw new ModelFormatError(`${path}: ${(e as Error).message}`);
+    }
     const tmpl = metadata["tokenizer.chat_template"];
     loaded = {
       format: "gguf",
