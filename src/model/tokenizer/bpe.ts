@@ -13,7 +13,7 @@
  * Decode: normal tokens map their characters back to bytes, user-defined tokens are their text, control and
  * unknown tokens are dropped.
  */
-import { mergeSymbols } from "./merge_queue.ts";
+import { mergeSymbols, WordCache } from "./merge_queue.ts";
 import { utf8 } from "./piece_decoder.ts";
 import { preTokenizerFor, type PreTokenizerType, RegexSplitter } from "./pre_tokenizers.ts";
 import {
@@ -82,7 +82,7 @@ export function byteLevelDecode(piece: string): Uint8Array {
 export class RankedMerges {
   readonly #n: number;
   readonly #rules = new Map<number, readonly [number, number]>();
-  readonly #cache = new Map<string, number[]>();
+  readonly #cache = new WordCache();
 
   constructor(symbols: number) {
     this.#n = symbols;
@@ -99,16 +99,9 @@ export class RankedMerges {
     return mergeSymbols(ids, mergeable, (l, r) => rules.get(l * n + r));
   }
 
-  /** The ids of `word` from the cache, or computed by `encode` and remembered (short words only). */
+  /** The ids of `word`, memoised (see WordCache). */
   cached(word: string, encode: () => number[]): number[] {
-    if (word.length >= 64) return encode();
-    let ids = this.#cache.get(word);
-    if (ids === undefined) {
-      if (this.#cache.size >= 50000) this.#cache.clear();
-      ids = encode();
-      this.#cache.set(word, ids);
-    }
-    return ids;
+    return this.#cache.get(word, encode);
   }
 }
 

@@ -12,7 +12,7 @@
  * tokens as written, control/unknown/unused tokens dropped, and with `addSpacePrefix` the leading space of the
  * first piece at the start or after BOS stripped (llama2.c's rule).
  */
-import { mergeSymbols } from "./merge_queue.ts";
+import { mergeSymbols, WordCache } from "./merge_queue.ts";
 import { bytePiece, parseBytePiece, utf8 } from "./piece_decoder.ts";
 import {
   Attr,
@@ -41,6 +41,8 @@ export interface SpmTokenizerOptions extends Omit<VocabOptions, "addBos" | "addE
 }
 
 const SPACE_MARK = "\u2581";
+const INNER_SPACE = /[^\u2581]\u2581/;
+const WORD_START = /(?<=[^\u2581])(?=\u2581)/;
 const EMPTY = new Uint8Array(0);
 
 export class SpmTokenizer extends VocabTokenizer {
@@ -50,6 +52,12 @@ export class SpmTokenizer extends VocabTokenizer {
   #types: Uint8Array;
   /** Byte value → id of its fallback token (`<0xXX>`, else the one-character token), or -1. */
   #byteIds = new Int32Array(256).fill(-1);
+  /**
+   * True when no token has a "▁" after another character: then no merge crosses the point before a "▁" that
+   * follows a non-"▁", so the text is merged (and memoised) word by word with the same result.
+   */
+  #wordwise: boolean;
+  #cache = new WordCache();
 
   constructor(opts: SpmTokenizerOptions) {
     const types = opts.tokenTypes ? Uint8Array.from(opts.tokenTypes) : inferTypes(opts);
@@ -68,6 +76,7 @@ export class SpmTokenizer extends VocabTokenizer {
         throw new Error(`SpmTokenizer: byte token ${i} has piece ${JSON.stringify(this.vocab.tokens[i])}`);
       }
     }
+    this.#wordwise = !this.vocab.tokens.some((t) => INNER_SPACE.test(t));
     for (let b = 0; b < 256; b++) {
       this.#byteIds[b] = this.vocab.textToId.get(bytePiece(b)) ??
         (b < 0x80 ? this.vocab.textToId.get(String.fromCharCode(b)) : undefined) ?? -1;
@@ -80,6 +89,17 @@ export class SpmTokenizer extends VocabTokenizer {
 
   protected encodeFragment(text: string, out: number[], afterSpecial: boolean): void {
     const s = (this.addSpacePrefix && afterSpecial ? SPACE_MARK : "") + text.replaceAll(" ", SPACE_MARK);
+    if (!this.#wordwise) {
+      this.#encodeWord(s, out);
+      return;
+    }
+    for (const w of s.split(WORD_START)) {
+      for (const id of this.#cache.get(w, () => this.#encodeWord(w, []))) out.push(id);
+    }
+  }
+
+  /** Merges the characters of `s` by score and appends the ids (byte fallback for the rest) to `out`. */
+  #encodeWord(s: string, out: number[]): number[] {
     const tokens = this.vocab.tokens, textToId = this.vocab.textToId, n = this.vocabSize;
     // Symbols are characters; one outside the vocabulary gets a temporary id ≥ n naming its text.
     const extra: string[] = [];
@@ -114,6 +134,7 @@ export class SpmTokenizer extends VocabTokenizer {
         else throw new Error(`SpmTokenizer: no token for byte ${bytePiece(b)} and no unk token`);
       }
     }
+    return out;
   }
 
   protected pieceBytes(id: number): Uint8Array {
