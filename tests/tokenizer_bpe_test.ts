@@ -10,7 +10,10 @@ import { BpeTokenizer } from "../src/model/tokenizer/bpe.ts";
 import { hfTokenizerFromJSON } from "../src/model/tokenizer/hf_bpe.ts";
 import { spmFromGGUFMetadata, SpmTokenizer } from "../src/model/tokenizer/spm.ts";
 import { tokenizerFromGGUFMetadata } from "../src/model/tokenizer/from_gguf.ts";
-import { checkStreaming, DEV_TEXT, vocabMetadata, vocabPairs } from "./support/tokenizer.ts";
+import { checkStreaming, DEV_TEXT, SHARED, vocabMetadata, vocabPairs } from "./support/tokenizer.ts";
+import { loadModel } from "../src/model/loader.ts";
+import { ModelFormatError } from "../src/model/errors.ts";
+import { resolve } from "node:path";
 
 const devText = await Deno.readTextFile(DEV_TEXT);
 const stories = devText.split(/\n\n+/).filter((s) => s.length > 0);
@@ -293,5 +296,31 @@ Deno.test("spm: merging word by word gives the same ids as merging the whole tex
   assert.ok(fast instanceof SpmTokenizer && slow instanceof SpmTokenizer);
   for (const s of [...pairTexts, ...stories.slice(0, 100), "  a  b   c\n\n  d", "▁x ▁▁y"]) {
     assert.deepEqual(fast.encode(s), slow.encode(s), JSON.stringify(s.slice(0, 60)));
+  }
+});
+
+Deno.test("hf loader: every generation_config.json eos_token_id ends generation", async () => {
+  const src = resolve(SHARED, "models", "tinystories-656K");
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]) {
+      await Deno.symlink(resolve(src, f), resolve(dir, f));
+    }
+    await Deno.writeTextFile(
+      resolve(dir, "generation_config.json"),
+      JSON.stringify({ eos_token_id: [2, 7] }),
+    );
+    const model = await loadModel(dir);
+    assert.deepEqual(model.tokenizer.eogIds, [2, 7]);
+    await Deno.writeTextFile(
+      resolve(dir, "generation_config.json"),
+      JSON.stringify({ eos_token_id: 1 << 20 }),
+    );
+    await assert.rejects(
+      () => loadModel(dir),
+      (e) => e instanceof ModelFormatError && /eos id/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

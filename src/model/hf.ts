@@ -73,6 +73,13 @@ function tokenId(v: unknown): number | undefined {
   return typeof v === "number" && Number.isInteger(v) && v >= 0 ? v : undefined;
 }
 
+/** Every id of an `eos_token_id` that may be one id or a list (generation_config.json of Llama 3 and Qwen). */
+function tokenIds(v: unknown): number[] {
+  return (Array.isArray(v) ? v : [v]).filter((x): x is number =>
+    typeof x === "number" && Number.isInteger(x) && x >= 0
+  );
+}
+
 /** config.json → ModelConfig (throws ModelFormatError on anything unsupported). */
 export function hfConfigToModelConfig(
   cfg: Json,
@@ -165,7 +172,9 @@ export async function loadHFModel(dir: string): Promise<HFModel> {
   const tokJson = await readJSON(tokPath, true);
   let tokenizer: Tokenizer;
   try {
-    tokenizer = hfTokenizerFromJSON(tokJson, tokenizerConfig);
+    // Generation stops at the tokenizer's EOS and at every EOS id config.json / generation_config.json list.
+    const eosIds = [...tokenIds(cfgJson.eos_token_id), ...tokenIds(generation?.eos_token_id)];
+    tokenizer = hfTokenizerFromJSON(tokJson, tokenizerConfig, { eosIds });
   } catch (e) {
     throw new ModelFormatError(`${tokPath}: ${(e as Error).message}`);
   }
