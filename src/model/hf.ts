@@ -168,16 +168,7 @@ export async function loadHFModel(dir: string): Promise<HFModel> {
   const tokenizerConfig = await readJSON(join(dir, "tokenizer_config.json"), false);
   const config = hfConfigToModelConfig(cfgJson, generation, cfgPath);
 
-  const tokPath = join(dir, "tokenizer.json");
-  const tokJson = await readJSON(tokPath, true);
-  let tokenizer: Tokenizer;
-  try {
-    // Generation stops at the tokenizer's EOS and at every EOS id config.json / generation_config.json list.
-    const eosIds = [...tokenIds(cfgJson.eos_token_id), ...tokenIds(generation?.eos_token_id)];
-    tokenizer = hfTokenizerFromJSON(tokJson, tokenizerConfig, { eosIds });
-  } catch (e) {
-    throw new ModelFormatError(`${tokPath}: ${(e as Error).message}`);
-  }
+  const tokenizer = await readTokenizer(dir, cfgJson, generation, tokenizerConfig);
   if (config.bosId < 0) config.bosId = tokenizer.bosId;
   if (config.eosId < 0) config.eosId = tokenizer.eosId;
 
@@ -199,6 +190,34 @@ export async function loadHFModel(dir: string): Promise<HFModel> {
   if (generation) metadata["hf.generation_config"] = generation;
   if (tokenizerConfig) metadata["hf.tokenizer_config"] = tokenizerConfig;
   return { config, weights, tokenizer, chatTemplate, metadata };
+}
+
+/** tokenizer.json with tokenizer_config.json; generation stops at EOS and at every EOS id the configs list. */
+async function readTokenizer(
+  dir: string,
+  cfgJson: Json | undefined,
+  generation: Json | undefined,
+  tokenizerConfig: Json | undefined,
+): Promise<Tokenizer> {
+  const tokPath = join(dir, "tokenizer.json");
+  const tokJson = await readJSON(tokPath, true);
+  try {
+    const eosIds = [...tokenIds(cfgJson?.eos_token_id), ...tokenIds(generation?.eos_token_id)];
+    return hfTokenizerFromJSON(tokJson, tokenizerConfig, { eosIds });
+  } catch (e) {
+    throw new ModelFormatError(`${tokPath}: ${(e as Error).message}`);
+  }
+}
+
+/** The tokenizer alone of a Hugging Face model directory (config.json and the weights may be absent). */
+export async function loadHFTokenizer(dir: string): Promise<Tokenizer> {
+  const opt = (f: string) => readJSON(join(dir, f), false);
+  return readTokenizer(
+    dir,
+    await opt("config.json"),
+    await opt("generation_config.json"),
+    await opt("tokenizer_config.json"),
+  );
 }
 
 /** Picks and shape-checks the llama tensors; ties embeddings as described in the module comment. */
