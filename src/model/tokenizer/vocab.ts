@@ -80,6 +80,12 @@ const DETECT: Partial<Record<SpecialRole, string[]>> = {
   fimSep: ["<|file_sep|>"],
 };
 
+const DETECT_BY_TEXT = new Map(
+  (Object.entries(DETECT) as [SpecialRole, string[]][]).flatMap(([role, texts]) =>
+    texts.map((t) => [t, role])
+  ),
+);
+
 /** Tokens that end generation by their text (llama.cpp's list, plus Llama 3's `<|end_of_text|>` of later versions). */
 export const EOG_TEXTS: ReadonlySet<string> = new Set([
   "<|eot_id|>",
@@ -159,12 +165,11 @@ export class Vocab {
     }
 
     // Roles the metadata leaves open are found by text; such tokens become control tokens.
-    for (const [role, texts] of Object.entries(DETECT) as [SpecialRole, string[]][]) {
-      if (ids[role] >= 0) continue;
-      for (let i = 0; i < n && ids[role] < 0; i++) {
-        if (texts.includes(this.tokens[i])) ids[role] = i;
-      }
-      if (ids[role] >= 0) this.attrs[ids[role]] = Attr.Control;
+    for (let i = 0; i < n; i++) {
+      const role = DETECT_BY_TEXT.get(this.tokens[i]);
+      if (role === undefined || ids[role] >= 0) continue;
+      ids[role] = i;
+      this.attrs[i] = Attr.Control;
     }
     const eog = new Set<number>();
     for (const id of [ids.fimPad, ids.fimRep, ids.fimSep]) if (id >= 0) eog.add(id);
@@ -186,12 +191,12 @@ export class Vocab {
       throw new Error("vocabulary: add_eos_token is true but there is no EOS id");
     }
 
-    const byteLen = this.tokens.map((t) => utf8(t).length);
     this.#special = [];
     for (let i = 0; i < n; i++) {
       if (this.attrs[i] & (Attr.Control | Attr.UserDefined | Attr.Unknown)) this.#special.push(i);
     }
-    this.#special.sort((a, b) => byteLen[b] - byteLen[a] || a - b);
+    const byteLen = new Map(this.#special.map((id) => [id, utf8(this.tokens[id]).length]));
+    this.#special.sort((a, b) => byteLen.get(b)! - byteLen.get(a)! || a - b);
     this.#applyModelAttrs(o.modelName ?? "", o.pre ?? "");
   }
 
@@ -222,11 +227,15 @@ export class Vocab {
   partition(text: string, parseSpecial: boolean): Fragment[] {
     if (text.length === 0) return [];
     let frags: Fragment[] = [text];
+    // Whether the text has a token's first character at all (many special tokens share one, e.g. "<").
+    const hasFirst = new Map<string, boolean>();
     for (const id of this.#special) {
       const attr = this.attrs[id];
       if (!parseSpecial && (attr & (Attr.Control | Attr.Unknown))) continue;
       const tok = this.tokens[id];
-      if (!text.includes(tok)) continue;
+      let has = hasFirst.get(tok[0]);
+      if (has === undefined) hasFirst.set(tok[0], has = text.includes(tok[0]));
+      if (!has || !text.includes(tok)) continue;
       const next: Fragment[] = [];
       for (const f of frags) {
         if (typeof f === "number") {
