@@ -12,17 +12,10 @@
  * Metaspace; ByteLevel) is reduced to a per-token byte string plus a number of leading spaces stripped from the
  * start of the text, so whole and streaming decoding agree.
  */
-import type { DecodeOptions, EncodeOptions, StreamDecoder, Tokenizer } from "./types.ts";
+import { BaseTokenizer } from "./base.ts";
 import { byteLevelDecode, byteLevelTables, RankedMerges } from "./bpe.ts";
 import { EOG_TEXTS } from "./vocab.ts";
-import {
-  bytePiece,
-  decodeAll,
-  parseBytePiece,
-  type PieceBytesTable,
-  PieceStreamDecoder,
-  utf8,
-} from "./piece_decoder.ts";
+import { bytePiece, parseBytePiece, type PieceBytesTable, utf8 } from "./piece_decoder.ts";
 
 type Json = Record<string, unknown>;
 
@@ -284,7 +277,7 @@ export interface HfTokenizerOptions {
   eosIds?: readonly number[];
 }
 
-export class HfBpeTokenizer implements Tokenizer {
+export class HfBpeTokenizer extends BaseTokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosId: number;
@@ -296,7 +289,6 @@ export class HfBpeTokenizer implements Tokenizer {
   /** tokenizer_config `clean_up_tokenization_spaces` (used by `decode(…, {cleanSpaces: true})`). */
   readonly cleanSpaces: boolean;
   readonly eogIds: readonly number[];
-  #eog: ReadonlySet<number>;
   #vocab = new Map<string, number>();
   #pieces: string[];
   #merges: RankedMerges;
@@ -313,6 +305,7 @@ export class HfBpeTokenizer implements Tokenizer {
   #decodeTable: PieceBytesTable;
 
   constructor(json: unknown, tokenizerConfig?: unknown, opts: HfTokenizerOptions = {}) {
+    super();
     if (!isObj(json)) fail("expected a JSON object");
     const model = json.model;
     if (!isObj(model)) fail("missing model");
@@ -425,7 +418,6 @@ export class HfBpeTokenizer implements Tokenizer {
       const id = idOf(t);
       if (id >= 0) eog.add(id);
     }
-    this.#eog = eog;
     this.eogIds = [...eog].sort((x, y) => x - y);
 
     const plan: DecoderPlan = { replace: [], byteFallback: false, byteLevel: false, stripStart: 0 };
@@ -449,16 +441,9 @@ export class HfBpeTokenizer implements Tokenizer {
     this.#decodeTable = { bytes, stripSpaces: plan.stripStart, restartIds: new Set() };
   }
 
-  /** The older name of `addBos`. */
-  get addBosByDefault(): boolean {
-    return this.addBos;
-  }
-
-  encode(text: string, opts?: EncodeOptions): number[] {
-    const out: number[] = [];
-    if (((opts?.addSpecial && this.addBos) || opts?.addBos) && this.bosId >= 0) out.push(this.bosId);
+  protected encodeText(text: string, parseSpecial: boolean, out: number[]): void {
     let first = true;
-    for (const seg of this.#splitAdded(text, opts?.parseSpecial === true)) {
+    for (const seg of this.#splitAdded(text, parseSpecial)) {
       if (typeof seg === "number") {
         out.push(seg);
         first = false;
@@ -468,8 +453,6 @@ export class HfBpeTokenizer implements Tokenizer {
       first = false;
       for (const w of words) for (const id of this.#bpeWord(w)) out.push(id);
     }
-    if (opts?.addSpecial && this.addEos) out.push(this.eosId);
-    return out;
   }
 
   /**
@@ -542,34 +525,21 @@ export class HfBpeTokenizer implements Tokenizer {
     });
   }
 
-  decode(ids: number[], opts?: DecodeOptions): string {
-    const s = decodeAll(this.#decodeTable, ids);
-    return opts?.cleanSpaces && this.cleanSpaces ? cleanUpTokenizationSpaces(s) : s;
+  protected decodeTable(): PieceBytesTable {
+    return this.#decodeTable;
   }
 
-  streamDecoder(): StreamDecoder {
-    return new PieceStreamDecoder(this.#decodeTable);
-  }
-
-  piece(id: number): string {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new RangeError(`token id ${id} out of range [0, ${this.vocabSize})`);
-    }
+  protected pieceOf(id: number): string {
     return this.#pieces[id];
+  }
+
+  protected cleanUp(text: string): string {
+    return cleanUpTokenizationSpaces(text);
   }
 
   /** Id of a vocabulary piece or added token, or -1. */
   tokenId(text: string): number {
     return this.#vocab.get(text) ?? this.#added.find((t) => t.content === text)?.id ?? -1;
-  }
-
-  /** The older name of `tokenId`. */
-  tokenToId(piece: string): number {
-    return this.tokenId(piece);
-  }
-
-  isEog(id: number): boolean {
-    return this.#eog.has(id);
   }
 }
 

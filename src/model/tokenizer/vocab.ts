@@ -6,8 +6,8 @@
  * text before the family's tokenizer sees it — user-defined ones always, control/unknown ones only with
  * `parseSpecial` — so they are never split; LSTRIP/RSTRIP swallow the ASCII whitespace beside them.
  */
-import type { DecodeOptions, EncodeOptions, StreamDecoder, Tokenizer } from "./types.ts";
-import { decodeAll, type PieceBytesTable, PieceStreamDecoder, utf8 } from "./piece_decoder.ts";
+import { BaseTokenizer } from "./base.ts";
+import { type PieceBytesTable, utf8 } from "./piece_decoder.ts";
 
 /** GGUF `tokenizer.ggml.token_type` values. */
 export enum TokenType {
@@ -259,11 +259,8 @@ export class Vocab {
   }
 }
 
-/**
- * The parts of a Tokenizer every GGUF family shares: BOS/EOS handling around the special-token partition,
- * end of generation, lookup by text, and decoding through a per-token byte table.
- */
-export abstract class VocabTokenizer implements Tokenizer {
+/** The parts of a Tokenizer every GGUF family shares: the special-token partition, EOG, lookup by text. */
+export abstract class VocabTokenizer extends BaseTokenizer {
   readonly vocab: Vocab;
   readonly vocabSize: number;
   readonly bosId: number;
@@ -272,11 +269,9 @@ export abstract class VocabTokenizer implements Tokenizer {
   readonly addBos: boolean;
   readonly addEos: boolean;
   readonly eogIds: readonly number[];
-  /** llama.cpp's clean_spaces flag for this vocabulary (used by `decode(…, {cleanSpaces: true})`). */
-  abstract readonly cleanSpaces: boolean;
-  #table: PieceBytesTable | undefined;
 
   constructor(vocab: Vocab) {
+    super();
     this.vocab = vocab;
     this.vocabSize = vocab.size;
     this.bosId = vocab.ids.bos;
@@ -285,11 +280,6 @@ export abstract class VocabTokenizer implements Tokenizer {
     this.addBos = vocab.addBos;
     this.addEos = vocab.addEos;
     this.eogIds = [...vocab.eog].sort((a, b) => a - b);
-  }
-
-  /** Whether the model expects BOS in front of a prompt (the older name of `addBos`). */
-  get addBosByDefault(): boolean {
-    return this.addBos;
   }
 
   /** Tokenizes one raw-text fragment into `out`; `afterSpecial` is true at the start and after a token. */
@@ -301,11 +291,9 @@ export abstract class VocabTokenizer implements Tokenizer {
   /** Leading spaces the decoder strips at the start of the text and after BOS. */
   protected abstract get stripSpaces(): number;
 
-  encode(text: string, opts?: EncodeOptions): number[] {
-    const out: number[] = [];
-    if (((opts?.addSpecial && this.addBos) || opts?.addBos) && this.bosId >= 0) out.push(this.bosId);
+  protected encodeText(text: string, parseSpecial: boolean, out: number[]): void {
     let afterSpecial = true;
-    for (const f of this.vocab.partition(text, opts?.parseSpecial === true)) {
+    for (const f of this.vocab.partition(text, parseSpecial)) {
       if (typeof f === "number") {
         out.push(f);
         afterSpecial = true;
@@ -314,41 +302,24 @@ export abstract class VocabTokenizer implements Tokenizer {
         afterSpecial = false;
       }
     }
-    if (opts?.addSpecial && this.addEos) out.push(this.eosId);
-    return out;
   }
 
-  #decodeTable(): PieceBytesTable {
-    if (!this.#table) {
-      const bytes = Array.from({ length: this.vocabSize }, (_, id) => this.pieceBytes(id));
-      const restart = new Set(this.bosId >= 0 ? [this.bosId] : []);
-      this.#table = { bytes, stripSpaces: this.stripSpaces, restartIds: restart };
-    }
-    return this.#table;
+  protected decodeTable(): PieceBytesTable {
+    const bytes = Array.from({ length: this.vocabSize }, (_, id) => this.pieceBytes(id));
+    const restart = new Set(this.bosId >= 0 ? [this.bosId] : []);
+    return { bytes, stripSpaces: this.stripSpaces, restartIds: restart };
   }
 
-  decode(ids: number[], opts?: DecodeOptions): string {
-    const s = decodeAll(this.#decodeTable(), ids);
-    return opts?.cleanSpaces && this.cleanSpaces ? cleanUpSpaces(s) : s;
-  }
-
-  streamDecoder(): StreamDecoder {
-    return new PieceStreamDecoder(this.#decodeTable());
-  }
-
-  piece(id: number): string {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new RangeError(`token id ${id} out of range [0, ${this.vocabSize})`);
-    }
+  protected pieceOf(id: number): string {
     return this.vocab.tokens[id];
+  }
+
+  protected cleanUp(text: string): string {
+    return cleanUpSpaces(text);
   }
 
   tokenId(text: string): number {
     return this.vocab.textToId.get(text) ?? -1;
-  }
-
-  isEog(id: number): boolean {
-    return this.vocab.isEog(id);
   }
 
   /** The GGUF-style attribute bits of a token (see `Attr`). */
