@@ -34,7 +34,7 @@ export abstract class BaseTokenizer implements Tokenizer {
 
   encode(text: string, opts?: EncodeOptions): number[] {
     const out: number[] = [];
-    if (((opts?.addSpecial && this.addBos) || opts?.addBos) && this.bosId >= 0) out.push(this.bosId);
+    if ((opts?.addSpecial || opts?.addBos) && this.addBos) out.push(this.bosId);
     this.encodeText(text, opts?.parseSpecial === true, out);
     if (opts?.addSpecial && this.addEos && this.eosId >= 0) out.push(this.eosId);
     return out;

@@ -35,7 +35,7 @@ export interface SpmTokenizerOptions extends Omit<VocabOptions, "addBos" | "addE
   eosId: number;
   /** Prepend "▁" to a text fragment at the start or after a token (default true). */
   addSpacePrefix?: boolean;
-  /** `tokenizer.ggml.add_bos_token` (default true) and `add_eos_token` (default false). */
+  /** `tokenizer.ggml.add_bos_token` (default: true when there is a BOS) and `add_eos_token` (default false). */
   addBos?: boolean;
   addEos?: boolean;
 }
@@ -62,7 +62,12 @@ export class SpmTokenizer extends VocabTokenizer {
   constructor(opts: SpmTokenizerOptions) {
     const types = opts.tokenTypes ? Uint8Array.from(opts.tokenTypes) : inferTypes(opts);
     super(
-      new Vocab({ ...opts, tokenTypes: types, addBos: opts.addBos ?? true, addEos: opts.addEos ?? false }),
+      new Vocab({
+        ...opts,
+        tokenTypes: types,
+        addBos: opts.addBos ?? opts.bosId >= 0,
+        addEos: opts.addEos ?? false,
+      }),
     );
     const n = this.vocabSize;
     if (opts.scores.length !== n) {

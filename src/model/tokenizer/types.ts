@@ -13,8 +13,8 @@ export interface Tokenizer {
   /** Whether generating `id` ends the generation. */
   isEog(id: number): boolean;
   /**
-   * Encode text. `addSpecial` adds BOS/EOS as the metadata says (llama.cpp's add_special); `addBos` prepends
-   * BOS whenever the vocabulary has one (the older switch). `parseSpecial` turns the text of control tokens
+   * Encode text. `addSpecial` adds BOS/EOS as the metadata says (llama.cpp's add_special); the older `addBos`
+   * adds only the BOS part of that. `parseSpecial` turns the text of control tokens
    * (`<|im_start|>`, `<|eot_id|>` …) into those tokens, as chat templates need (llama.cpp's parse_special);
    * user-defined tokens (e.g. Qwen3's `<think>`) are always matched, and a matched token is never split.
    */
@@ -32,7 +32,7 @@ export interface Tokenizer {
 export interface EncodeOptions {
   /** Add BOS/EOS as the model's metadata says (default false). */
   addSpecial?: boolean;
-  /** Prepend BOS whenever the vocabulary has one (default false; kept for older callers). */
+  /** Prepend BOS if the metadata asks for it, i.e. the BOS half of `addSpecial` (default false; older callers). */
   addBos?: boolean;
   /** Match control-token text in the input (default false). */
   parseSpecial?: boolean;
