@@ -191,6 +191,25 @@ Deno.test("bpe: ignore_merges emits a word that is a token whole", () => {
   assert.deepEqual(mk("gpt-2").encode("abc"), [0, 4]); // "b c" has the lower rank: a + bc
   assert.deepEqual(mk("llama-bpe").encode("abc"), [5]);
   assert.deepEqual(mk("llama-bpe").encode("abcab"), [0, 4, 3]); // not a token: merged as usual
+  // tokenizer.json's model.ignore_merges (Llama 3) does the same, as @huggingface/tokenizers.
+  for (const ignore of [false, true]) {
+    const json = {
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      model: {
+        type: "BPE",
+        vocab: Object.fromEntries(tokens.map((t, i) => [t, i])),
+        merges: ["b c", "a b"],
+        ignore_merges: ignore,
+      },
+    };
+    const want = new HfReference(json, {}).encode("abc", { add_special_tokens: false }).ids;
+    assert.deepEqual(want, ignore ? [5] : [0, 4]);
+    assert.deepEqual(hfTokenizerFromJSON(json).encode("abc"), want);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------------

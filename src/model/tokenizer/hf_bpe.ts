@@ -4,7 +4,7 @@
  * Encode: non-special added tokens are split out of the text first (special ones are never produced from plain
  * text); each remaining segment goes through the normalizer (Sequence, Prepend, Replace, NFC/NFD/NFKC/NFKD,
  * Lowercase, Strip), the pre-tokenizer (null, Metaspace, ByteLevel, Split on a string, Sequence), then BPE per
- * word: characters (or byte-level characters) to ids — missing ones as `<0xXX>` byte-fallback tokens when the
+ * word (a word that is a piece as it is with `ignore_merges`): characters (or byte-level characters) to ids — missing ones as `<0xXX>` byte-fallback tokens when the
  * vocabulary has all of them, else unk (consecutive unks fused when `fuse_unk`) — and merges applied by rank
  * (lowest first, ties leftmost).
  *
@@ -295,6 +295,8 @@ export class HfBpeTokenizer extends BaseTokenizer {
   #byteIds = new Int32Array(256).fill(-1);
   #byteFallback: boolean;
   #fuseUnk: boolean;
+  /** model.ignore_merges (Llama 3): a word that is a vocabulary piece is emitted whole. */
+  #ignoreMerges: boolean;
   #prefix: string;
   #suffix: string;
   #normalize: Normalizer;
@@ -362,6 +364,7 @@ export class HfBpeTokenizer extends BaseTokenizer {
 
     this.#byteFallback = model.byte_fallback === true;
     this.#fuseUnk = model.fuse_unk === true;
+    this.#ignoreMerges = model.ignore_merges === true;
     this.#prefix = typeof model.continuing_subword_prefix === "string" ? model.continuing_subword_prefix : "";
     this.#suffix = typeof model.end_of_word_suffix === "string" ? model.end_of_word_suffix : "";
     for (let b = 0; b < 256; b++) this.#byteIds[b] = this.#vocab.get(bytePiece(b)) ?? -1;
@@ -489,6 +492,8 @@ export class HfBpeTokenizer extends BaseTokenizer {
   #bpeWord(word: string): number[] {
     if (word.length === 0) return [];
     return this.#merges.cached(word, () => {
+      const whole = this.#ignoreMerges ? this.#vocab.get(word) : undefined;
+      if (whole !== undefined) return [whole];
       const ids: number[] = [];
       const mergeable: number[] = [];
       const chars = Array.from(word);
