@@ -212,6 +212,23 @@ Deno.test("bpe: ignore_merges emits a word that is a token whole", () => {
   }
 });
 
+Deno.test("bpe: merges through pieces outside the vocabulary, as llama.cpp's text-keyed ranks", () => {
+  // "ab" is no token, but the rules build "abc" through it; a leftover "ab" falls back to its one-byte tokens.
+  const tokens = ["a", "b", "c", "abc"];
+  const t = new BpeTokenizer({
+    tokens,
+    tokenTypes: tokens.map(() => 1),
+    merges: ["a b", "ab c"],
+    preType: preTokenizerFor("gpt-2").type,
+    addBos: false,
+    addEos: false,
+  });
+  assert.deepEqual(t.encode("abc"), [3]);
+  assert.deepEqual(t.encode("ab"), [0, 1]);
+  assert.deepEqual(t.encode("abcab"), [3, 0, 1]);
+  assert.equal(t.decode([3, 0, 1]), "abcab");
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // One BPE for GGUF and tokenizer.json
 
