@@ -8,6 +8,8 @@ export interface Tokenizer {
   /** Whether the model's metadata asks for BOS / EOS around a prompt: what `encode(…, {addSpecial})` adds. */
   readonly addBos: boolean;
   readonly addEos: boolean;
+  /** Whether the vocabulary asks for clean_up_tokenization_spaces (what `decode(…, {cleanSpaces})` applies). */
+  readonly cleanSpaces: boolean;
   /** Every end-of-generation token (EOS, EOT, `<|im_end|>`, `<|eot_id|>`, FIM pad …), ascending. */
   readonly eogIds: readonly number[];
   /** Whether generating `id` ends the generation. */
