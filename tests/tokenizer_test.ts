@@ -6,6 +6,7 @@ import { plainMetadata, readGGUFFile } from "../src/model/gguf.ts";
 import { spmFromGGUFMetadata, SpmTokenizer } from "../src/model/tokenizer/spm.ts";
 import { HfBpeTokenizer, hfTokenizerFromJSON } from "../src/model/tokenizer/hf_bpe.ts";
 import type { Tokenizer } from "../src/model/tokenizer/types.ts";
+import { checkStreaming, streamed } from "./support/tokenizer.ts";
 
 const SHARED = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "shared");
 const GGUF_PATH = Deno.env.get("LETHE_MODEL_GGUF") ?? resolve(SHARED, "models", "stories260K.gguf");
@@ -21,33 +22,6 @@ const devText = await Deno.readTextFile(DEV_TEXT);
 const stories = devText.split(/\n\n+/).filter((s) => s.length > 0);
 
 const pieces = (t: Tokenizer, ids: number[]) => ids.map((i) => t.piece(i));
-
-/** Streams `ids`, returning the text after each push and the final text after flush. */
-function streamed(t: Tokenizer, ids: number[]): string {
-  const d = t.streamDecoder();
-  let s = "";
-  for (const id of ids) s += d.push(id);
-  return s + d.flush();
-}
-
-function checkStreaming(t: Tokenizer, ids: number[]) {
-  const whole = t.decode(ids);
-  assert.equal(streamed(t, ids), whole);
-  for (let k = 0; k <= ids.length; k++) {
-    // Whatever was emitted after k tokens is a prefix of the whole text, and flushing there equals decode.
-    const d = t.streamDecoder();
-    let s = "";
-    for (const id of ids.slice(0, k)) s += d.push(id);
-    assert.ok(whole.startsWith(s), `split ${k}: ${JSON.stringify(s)} not a prefix`);
-    assert.equal(s + d.flush(), t.decode(ids.slice(0, k)), `prefix ${k}`);
-    // Continuing the same decoder after the split gives the whole text.
-    const d2 = t.streamDecoder();
-    let s2 = "";
-    for (const id of ids.slice(0, k)) s2 += d2.push(id);
-    for (const id of ids.slice(k)) s2 += d2.push(id);
-    assert.equal(s2 + d2.flush(), whole, `split ${k}`);
-  }
-}
 
 const EDGE_CASES = [
   "",

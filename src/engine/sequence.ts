@@ -142,7 +142,7 @@ export class Sequence {
     const token = this.sampler.sample(out.logits, this.tokens);
     this.tokens.push(token);
     this.generated++;
-    const eos = this.opts.stopAtEos && token === this.tokenizer.eosId;
+    const eos = this.opts.stopAtEos && this.tokenizer.isEog(token);
     let text = eos ? "" : this.decoder.push(token);
     if (eos) {
       text = this.decoder.flush();

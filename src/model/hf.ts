@@ -73,6 +73,13 @@ function tokenId(v: unknown): number | undefined {
   return typeof v === "number" && Number.isInteger(v) && v >= 0 ? v : undefined;
 }
 
+/** Every id of an `eos_token_id` that may be one id or a list (generation_config.json of Llama 3 and Qwen). */
+function tokenIds(v: unknown): number[] {
+  return (Array.isArray(v) ? v : [v]).filter((x): x is number =>
+    typeof x === "number" && Number.isInteger(x) && x >= 0
+  );
+}
+
 /** config.json → ModelConfig (throws ModelFormatError on anything unsupported). */
 export function hfConfigToModelConfig(
   cfg: Json,
@@ -161,14 +168,7 @@ export async function loadHFModel(dir: string): Promise<HFModel> {
   const tokenizerConfig = await readJSON(join(dir, "tokenizer_config.json"), false);
   const config = hfConfigToModelConfig(cfgJson, generation, cfgPath);
 
-  const tokPath = join(dir, "tokenizer.json");
-  const tokJson = await readJSON(tokPath, true);
-  let tokenizer: Tokenizer;
-  try {
-    tokenizer = hfTokenizerFromJSON(tokJson, tokenizerConfig);
-  } catch (e) {
-    throw new ModelFormatError(`${tokPath}: ${(e as Error).message}`);
-  }
+  const tokenizer = await readTokenizer(dir, cfgJson, generation, tokenizerConfig);
   if (config.bosId < 0) config.bosId = tokenizer.bosId;
   if (config.eosId < 0) config.eosId = tokenizer.eosId;
 
@@ -190,6 +190,34 @@ export async function loadHFModel(dir: string): Promise<HFModel> {
   if (generation) metadata["hf.generation_config"] = generation;
   if (tokenizerConfig) metadata["hf.tokenizer_config"] = tokenizerConfig;
   return { config, weights, tokenizer, chatTemplate, metadata };
+}
+
+/** tokenizer.json with tokenizer_config.json; generation stops at EOS and at every EOS id the configs list. */
+async function readTokenizer(
+  dir: string,
+  cfgJson: Json | undefined,
+  generation: Json | undefined,
+  tokenizerConfig: Json | undefined,
+): Promise<Tokenizer> {
+  const tokPath = join(dir, "tokenizer.json");
+  const tokJson = await readJSON(tokPath, true);
+  try {
+    const eosIds = [...tokenIds(cfgJson?.eos_token_id), ...tokenIds(generation?.eos_token_id)];
+    return hfTokenizerFromJSON(tokJson, tokenizerConfig, { eosIds });
+  } catch (e) {
+    throw new ModelFormatError(`${tokPath}: ${(e as Error).message}`);
+  }
+}
+
+/** The tokenizer alone of a Hugging Face model directory (config.json and the weights may be absent). */
+export async function loadHFTokenizer(dir: string): Promise<Tokenizer> {
+  const opt = (f: string) => readJSON(join(dir, f), false);
+  return readTokenizer(
+    dir,
+    await opt("config.json"),
+    await opt("generation_config.json"),
+    await opt("tokenizer_config.json"),
+  );
 }
 
 /** Picks and shape-checks the llama tensors; ties embeddings as described in the module comment. */

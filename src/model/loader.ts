@@ -2,10 +2,10 @@
  * Load a model from a path: a GGUF file or a Hugging Face directory (config.json + safetensors +
  * tokenizer.json). The result carries everything the engine and server need, including the fingerprint.
  */
-import { readGGUFFile } from "./gguf.ts";
+import { plainMetadata, readGGUFFile } from "./gguf.ts";
 import { modelFromGGUF } from "./gguf_model.ts";
-import { loadHFModel } from "./hf.ts";
-import { spmFromGGUFMetadata } from "./tokenizer/spm.ts";
+import { loadHFModel, loadHFTokenizer } from "./hf.ts";
+import { tokenizerFromGGUFMetadata } from "./tokenizer/from_gguf.ts";
 import { modelFingerprint } from "./fingerprint.ts";
 import { ModelFormatError } from "./errors.ts";
 import type { ModelConfig, ModelWeights } from "./types.ts";
@@ -40,14 +40,40 @@ export const SHARED_MODELS = {
   tinystories656K: resolve(REPO_ROOT, "..", "shared", "models", "tinystories-656K"),
 };
 
-export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
-  let stat: Deno.FileInfo;
+/**
+ * Only the tokenizer of a model: a GGUF file (a vocabulary-only GGUF is enough) or a Hugging Face directory
+ * (tokenizer.json). `warn` receives tokenizer warnings (a GGUF without tokenizer.ggml.pre).
+ */
+export async function loadTokenizer(path: string, warn?: (msg: string) => void): Promise<Tokenizer> {
+  const stat = await statModel(path);
+  if (stat.isDirectory) return loadHFTokenizer(path);
+  return ggufTokenizer(path, plainMetadata(await readGGUFFile(path)), warn);
+}
+
+async function statModel(path: string): Promise<Deno.FileInfo> {
   try {
-    stat = await Deno.stat(path);
+    return await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new ModelFormatError(`model not found: ${path}`);
     throw e;
   }
+}
+
+/** The GGUF's tokenizer family (tokenizer.ggml.model); a bad vocabulary is a model-format error. */
+function ggufTokenizer(
+  path: string,
+  metadata: Record<string, unknown>,
+  warn?: (msg: string) => void,
+): Tokenizer {
+  try {
+    return tokenizerFromGGUFMetadata(metadata, warn);
+  } catch (e) {
+    throw new ModelFormatError(`${path}: ${(e as Error).message}`);
+  }
+}
+
+export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const stat = await statModel(path);
   let loaded: Omit<LoadedModel, "fingerprint" | "name" | "path">;
   if (stat.isDirectory) {
     const hf = await loadHFModel(path);
@@ -55,7 +81,7 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
   } else {
     const file = await readGGUFFile(path);
     const { config, weights, metadata } = modelFromGGUF(file);
-    const tokenizer = spmFromGGUFMetadata(metadata);
+    const tokenizer = ggufTokenizer(path, metadata);
     const tmpl = metadata["tokenizer.chat_template"];
     loaded = {
       format: "gguf",

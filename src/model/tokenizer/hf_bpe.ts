@@ -4,7 +4,7 @@
  * Encode: non-special added tokens are split out of the text first (special ones are never produced from plain
  * text); each remaining segment goes through the normalizer (Sequence, Prepend, Replace, NFC/NFD/NFKC/NFKD,
  * Lowercase, Strip), the pre-tokenizer (null, Metaspace, ByteLevel, Split on a string, Sequence), then BPE per
- * word: characters (or byte-level characters) to ids — missing ones as `<0xXX>` byte-fallback tokens when the
+ * word (a word that is a piece as it is with `ignore_merges`): characters (or byte-level characters) to ids — missing ones as `<0xXX>` byte-fallback tokens when the
  * vocabulary has all of them, else unk (consecutive unks fused when `fuse_unk`) — and merges applied by rank
  * (lowest first, ties leftmost).
  *
@@ -12,16 +12,10 @@
  * Metaspace; ByteLevel) is reduced to a per-token byte string plus a number of leading spaces stripped from the
  * start of the text, so whole and streaming decoding agree.
  */
-import type { StreamDecoder, Tokenizer } from "./types.ts";
-import { mergeSymbols } from "./merge_queue.ts";
-import {
-  bytePiece,
-  decodeAll,
-  parseBytePiece,
-  type PieceBytesTable,
-  PieceStreamDecoder,
-  utf8,
-} from "./piece_decoder.ts";
+import { BaseTokenizer } from "./base.ts";
+import { byteLevelDecode, byteLevelTables, RankedMerges } from "./bpe.ts";
+import { EOG_TEXTS } from "./vocab.ts";
+import { bytePiece, parseBytePiece, type PieceBytesTable, utf8 } from "./piece_decoder.ts";
 
 type Json = Record<string, unknown>;
 
@@ -94,46 +88,56 @@ function buildNormalizer(n: unknown): Normalizer {
 
 type PreTokenizer = (words: string[], first: boolean) => string[];
 
-/** GPT-2 byte → printable character map (ByteLevel). */
-function byteLevelTables(): { toChar: string[]; toByte: Map<string, number> } {
-  const bs: number[] = [];
-  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
-  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
-  const cs = bs.slice();
-  let n = 0;
-  for (let b = 0; b < 256; b++) {
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  }
-  const toChar: string[] = new Array(256);
-  const toByte = new Map<string, number>();
-  for (let i = 0; i < 256; i++) {
-    toChar[bs[i]] = String.fromCodePoint(cs[i]);
-    toByte.set(String.fromCodePoint(cs[i]), bs[i]);
-  }
-  return { toChar, toByte };
-}
-let byteLevel: ReturnType<typeof byteLevelTables> | undefined;
-function getByteLevel() {
-  return (byteLevel ??= byteLevelTables());
-}
-
 const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
-/** Splits so that each delimiter starts the piece after it (tokenizers' MergedWithNext). */
-function splitMergedWithNext(s: string, delim: string): string[] {
-  const out: string[] = [];
-  let start = 0;
-  let i = s.indexOf(delim, 1);
-  while (i >= 0) {
-    out.push(s.slice(start, i));
-    start = i;
-    i = s.indexOf(delim, i + delim.length);
+type SplitBehavior = "Isolated" | "Removed" | "MergedWithPrevious" | "MergedWithNext";
+
+/** The [start, end) ranges where `pattern` matches `s` (non-empty matches, left to right). */
+function matchRanges(s: string, pattern: string | RegExp): [number, number][] {
+  const out: [number, number][] = [];
+  if (typeof pattern === "string") {
+    if (pattern.length === 0) return out;
+    for (let i = s.indexOf(pattern); i >= 0; i = s.indexOf(pattern, i + pattern.length)) {
+      out.push([i, i + pattern.length]);
+    }
+    return out;
   }
-  if (start < s.length) out.push(s.slice(start));
+  pattern.lastIndex = 0;
+  for (let m = pattern.exec(s); m !== null; m = pattern.exec(s)) {
+    if (m[0].length === 0) pattern.lastIndex = m.index + 1;
+    else out.push([m.index, m.index + m[0].length]);
+  }
+  return out;
+}
+
+/** tokenizers' Split: cut `s` at the matches of `pattern`, keeping them as `behavior` says. */
+function splitBy(s: string, pattern: string | RegExp, behavior: SplitBehavior): string[] {
+  const cuts: number[] = [0];
+  let keep: boolean[] = [];
+  let last = 0;
+  for (const [a, b] of matchRanges(s, pattern)) {
+    if (behavior === "MergedWithNext") {
+      if (a > cuts[cuts.length - 1]) cuts.push(a);
+    } else if (behavior === "MergedWithPrevious") cuts.push(b);
+    else {
+      if (a > last) {
+        cuts.push(a);
+        keep.push(true);
+      }
+      cuts.push(b);
+      keep.push(behavior === "Isolated");
+    }
+    last = b;
+  }
+  if (cuts[cuts.length - 1] < s.length) {
+    cuts.push(s.length);
+    keep.push(true);
+  }
+  if (behavior === "MergedWithNext" || behavior === "MergedWithPrevious") keep = cuts.map(() => true);
+  const out: string[] = [];
+  for (let k = 0; k + 1 < cuts.length; k++) {
+    if (keep[k] && cuts[k + 1] > cuts[k]) out.push(s.slice(cuts[k], cuts[k + 1]));
+  }
   return out;
 }
 
@@ -162,7 +166,7 @@ function buildPreTokenizer(p: unknown): PreTokenizer {
           let s = w.replaceAll(" ", rep);
           const prepend = scheme === "always" || (scheme === "first" && first && i === 0);
           if (prepend && s.length > 0 && !s.startsWith(rep)) s = rep + s;
-          if (split) out.push(...splitMergedWithNext(s, rep));
+          if (split) out.push(...splitBy(s, rep, "MergedWithNext"));
           else if (s.length > 0) out.push(s);
         });
         return out;
@@ -171,7 +175,7 @@ function buildPreTokenizer(p: unknown): PreTokenizer {
     case "ByteLevel": {
       const addPrefix = p.add_prefix_space === true;
       const useRegex = p.use_regex !== false;
-      const { toChar } = getByteLevel();
+      const { toChar } = byteLevelTables();
       return (words, first) => {
         const out: string[] = [];
         words.forEach((w, i) => {
@@ -189,24 +193,12 @@ function buildPreTokenizer(p: unknown): PreTokenizer {
     }
     case "Split": {
       const pat = patternOf(p.pattern, "Split pre_tokenizer");
-      if (typeof pat !== "string" || p.invert === true) {
-        fail("Split pre_tokenizer: only plain string patterns");
-      }
+      if (p.invert === true) fail("Split pre_tokenizer: invert is not supported");
       const behavior = p.behavior;
-      return (words) => {
-        const out: string[] = [];
-        for (const w of words) {
-          if (behavior === "MergedWithNext") out.push(...splitMergedWithNext(w, pat));
-          else if (behavior === "Isolated") {
-            w.split(pat).forEach((x, i) => {
-              if (i > 0) out.push(pat);
-              if (x) out.push(x);
-            });
-          } else if (behavior === "Removed") out.push(...w.split(pat).filter((x) => x.length > 0));
-          else fail(`Split pre_tokenizer: unsupported behavior ${JSON.stringify(behavior)}`);
-        }
-        return out;
-      };
+      if (!["Isolated", "Removed", "MergedWithPrevious", "MergedWithNext"].includes(behavior as string)) {
+        fail(`Split pre_tokenizer: unsupported behavior ${JSON.stringify(behavior)}`);
+      }
+      return (words) => words.flatMap((w) => splitBy(w, pat, behavior as SplitBehavior));
     }
     default:
       fail(`unsupported pre_tokenizer type ${JSON.stringify(p.type)}`);
@@ -275,32 +267,47 @@ interface AddedToken {
   id: number;
   content: string;
   special: boolean;
+  /** Swallow the whitespace before / after a match. */
+  lstrip: boolean;
+  rstrip: boolean;
 }
 
-export class HfBpeTokenizer implements Tokenizer {
+export interface HfTokenizerOptions {
+  /** Further end-of-generation ids, e.g. generation_config.json's `eos_token_id` list. */
+  eosIds?: readonly number[];
+}
+
+export class HfBpeTokenizer extends BaseTokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosId: number;
   readonly unkId: number;
-  /** Whether the post-processor (or tokenizer_config `add_bos_token`) adds BOS; `encode` adds it only when asked. */
-  readonly addBosByDefault: boolean;
+  /** Whether the post-processor (or tokenizer_config `add_bos_token`) adds BOS: what `addSpecial` adds. */
+  readonly addBos: boolean;
+  /** tokenizer_config `add_eos_token`. */
+  readonly addEos: boolean;
+  /** tokenizer_config `clean_up_tokenization_spaces` (used by `decode(…, {cleanSpaces: true})`). */
+  readonly cleanSpaces: boolean;
+  readonly eogIds: readonly number[];
   #vocab = new Map<string, number>();
   #pieces: string[];
-  /** (left id, right id) → [rank, merged id], keyed `left * vocabSize + right`. */
-  #merges = new Map<number, readonly [number, number]>();
+  #merges: RankedMerges;
   #byteIds = new Int32Array(256).fill(-1);
   #byteFallback: boolean;
   #fuseUnk: boolean;
+  /** model.ignore_merges (Llama 3): a word that is a vocabulary piece is emitted whole. */
+  #ignoreMerges: boolean;
   #prefix: string;
   #suffix: string;
   #normalize: Normalizer;
   #preTokenize: PreTokenizer;
   #added: AddedToken[];
-  #plainAdded: AddedToken[];
+  /** Added tokens by first UTF-16 unit, longest first: [always matched, matched with parseSpecial]. */
+  #addedByFirst: [Map<string, AddedToken[]>, Map<string, AddedToken[]>];
   #decodeTable: PieceBytesTable;
-  #cache = new Map<string, number[]>();
 
-  constructor(json: unknown, tokenizerConfig?: unknown) {
+  constructor(json: unknown, tokenizerConfig?: unknown, opts: HfTokenizerOptions = {}) {
+    super();
     if (!isObj(json)) fail("expected a JSON object");
     const model = json.model;
     if (!isObj(model)) fail("missing model");
@@ -318,11 +325,18 @@ export class HfBpeTokenizer implements Tokenizer {
     }
     const addedRaw = Array.isArray(json.added_tokens) ? json.added_tokens : [];
     this.#added = addedRaw.map((t, i) => {
-      if (!isObj(t) || typeof t.id !== "number" || typeof t.content !== "string") {
+      if (!isObj(t) || typeof t.id !== "number" || !Number.isInteger(t.id) || t.id < 0) {
         fail(`added_tokens[${i}] malformed`);
       }
+      if (typeof t.content !== "string") fail(`added_tokens[${i}] malformed`);
       maxId = Math.max(maxId, t.id);
-      return { id: t.id, content: t.content, special: t.special === true };
+      return {
+        id: t.id,
+        content: t.content,
+        special: t.special === true,
+        lstrip: t.lstrip === true,
+        rstrip: t.rstrip === true,
+      };
     });
     this.vocabSize = maxId + 1;
     this.#pieces = new Array(this.vocabSize).fill("");
@@ -330,6 +344,7 @@ export class HfBpeTokenizer implements Tokenizer {
     for (const t of this.#added) this.#pieces[t.id] = t.content;
 
     const merges = Array.isArray(model.merges) ? model.merges : fail("model.merges must be an array");
+    this.#merges = new RankedMerges(this.vocabSize);
     merges.forEach((m, rank) => {
       let a: unknown, b: unknown;
       if (typeof m === "string") {
@@ -344,19 +359,24 @@ export class HfBpeTokenizer implements Tokenizer {
       if (ia === undefined || ib === undefined || im === undefined) {
         fail(`merges[${rank}] ${JSON.stringify([a, b])} uses pieces missing from the vocabulary`);
       }
-      const key = ia * this.vocabSize + ib;
-      if (!this.#merges.has(key)) this.#merges.set(key, [rank, im]);
+      this.#merges.add(ia, ib, rank, im);
     });
 
     this.#byteFallback = model.byte_fallback === true;
     this.#fuseUnk = model.fuse_unk === true;
+    this.#ignoreMerges = model.ignore_merges === true;
     this.#prefix = typeof model.continuing_subword_prefix === "string" ? model.continuing_subword_prefix : "";
     this.#suffix = typeof model.end_of_word_suffix === "string" ? model.end_of_word_suffix : "";
     for (let b = 0; b < 256; b++) this.#byteIds[b] = this.#vocab.get(bytePiece(b)) ?? -1;
     this.#normalize = buildNormalizer(json.normalizer);
     this.#preTokenize = buildPreTokenizer(json.pre_tokenizer);
-    this.#plainAdded = this.#added.filter((t) => !t.special && t.content.length > 0)
-      .sort((x, y) => y.content.length - x.content.length);
+    this.#addedByFirst = [new Map(), new Map()];
+    for (const t of [...this.#added].sort((x, y) => y.content.length - x.content.length)) {
+      if (t.content.length === 0) continue;
+      const m = this.#addedByFirst[t.special ? 1 : 0];
+      const first = t.content[0];
+      m.set(first, [...(m.get(first) ?? []), t]);
+    }
 
     const cfg = isObj(tokenizerConfig) ? tokenizerConfig : {};
     const idOf = (tok: unknown): number => {
@@ -383,15 +403,30 @@ export class HfBpeTokenizer implements Tokenizer {
     let eos = idOf(cfg.eos_token);
     if (eos < 0) eos = idOf("</s>");
     this.eosId = eos;
-    this.addBosByDefault = typeof cfg.add_bos_token === "boolean"
-      ? cfg.add_bos_token
-      : templateBos >= 0 && templateBos === this.bosId;
+    this.addBos = this.bosId >= 0 &&
+      (typeof cfg.add_bos_token === "boolean"
+        ? cfg.add_bos_token
+        : templateBos >= 0 && templateBos === this.bosId);
+    this.addEos = this.eosId >= 0 && cfg.add_eos_token === true;
+    this.cleanSpaces = cfg.clean_up_tokenization_spaces === true;
+
+    // End of generation: EOS, the caller's ids, and the tokens llama.cpp recognises by their text.
+    const eog = new Set<number>();
+    if (this.eosId >= 0) eog.add(this.eosId);
+    for (const id of opts.eosIds ?? []) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) fail(`eos id ${id} out of range`);
+      eog.add(id);
+    }
+    for (const t of EOG_TEXTS) {
+      const id = idOf(t);
+      if (id >= 0) eog.add(id);
+    }
+    this.eogIds = [...eog].sort((x, y) => x - y);
 
     const plan: DecoderPlan = { replace: [], byteFallback: false, byteLevel: false, stripStart: 0 };
     buildDecoder(json.decoder, plan);
     const special = new Set(this.#added.filter((t) => t.special).map((t) => t.id));
     const bytes: Uint8Array[] = [];
-    const { toByte } = plan.byteLevel ? getByteLevel() : { toByte: undefined };
     for (let id = 0; id < this.vocabSize; id++) {
       if (special.has(id)) {
         bytes.push(new Uint8Array(0));
@@ -404,26 +439,14 @@ export class HfBpeTokenizer implements Tokenizer {
         continue;
       }
       for (const [from, to] of plan.replace) piece = piece.replaceAll(from, to);
-      if (toByte) {
-        const bs: number[] = [];
-        for (const ch of piece) {
-          const b = toByte.get(ch);
-          if (b !== undefined) bs.push(b);
-          else bs.push(...utf8(ch));
-        }
-        bytes.push(Uint8Array.from(bs));
-      } else {
-        bytes.push(utf8(piece));
-      }
+      bytes.push(plan.byteLevel ? byteLevelDecode(piece) : utf8(piece));
     }
     this.#decodeTable = { bytes, stripSpaces: plan.stripStart, restartIds: new Set() };
   }
 
-  encode(text: string, opts?: { addBos?: boolean }): number[] {
-    const out: number[] = [];
-    if (opts?.addBos && this.bosId >= 0) out.push(this.bosId);
+  protected encodeText(text: string, parseSpecial: boolean, out: number[]): void {
     let first = true;
-    for (const seg of this.#splitAdded(text)) {
+    for (const seg of this.#splitAdded(text, parseSpecial)) {
       if (typeof seg === "number") {
         out.push(seg);
         first = false;
@@ -433,23 +456,33 @@ export class HfBpeTokenizer implements Tokenizer {
       first = false;
       for (const w of words) for (const id of this.#bpeWord(w)) out.push(id);
     }
-    return out;
   }
 
-  /** Splits out non-special added tokens (longest first at each position). */
-  #splitAdded(text: string): (string | number)[] {
-    if (this.#plainAdded.length === 0) return text.length > 0 ? [text] : [];
+  /**
+   * Splits out added tokens, leftmost first and the longest at a position: non-special ones always, special
+   * ones with `parseSpecial`; `lstrip`/`rstrip` tokens take the whitespace beside them along.
+   */
+  #splitAdded(text: string, parseSpecial: boolean): (string | number)[] {
+    const maps = parseSpecial ? this.#addedByFirst : [this.#addedByFirst[0]];
+    if (maps.every((m) => m.size === 0)) return text.length > 0 ? [text] : [];
     const out: (string | number)[] = [];
     let start = 0;
     for (let i = 0; i < text.length;) {
-      const t = this.#plainAdded.find((a) => text.startsWith(a.content, i));
+      let t: AddedToken | undefined;
+      for (const m of maps) {
+        const c = m.get(text[i])?.find((a) => text.startsWith(a.content, i));
+        if (c && (!t || c.content.length > t.content.length)) t = c;
+      }
       if (!t) {
         i++;
         continue;
       }
-      if (i > start) out.push(text.slice(start, i));
+      let left = i;
+      if (t.lstrip) { while (left > start && /\s/.test(text[left - 1])) left--; }
+      if (left > start) out.push(text.slice(start, left));
       out.push(t.id);
       i += t.content.length;
+      if (t.rstrip) { while (i < text.length && /\s/.test(text[i])) i++; }
       start = i;
     }
     if (start < text.length) out.push(text.slice(start));
@@ -458,68 +491,68 @@ export class HfBpeTokenizer implements Tokenizer {
 
   #bpeWord(word: string): number[] {
     if (word.length === 0) return [];
-    const cached = word.length < 64 ? this.#cache.get(word) : undefined;
-    if (cached) return cached;
-    const ids: number[] = [];
-    const mergeable: number[] = [];
-    const chars = Array.from(word);
-    let lastUnk = false;
-    chars.forEach((ch, i) => {
-      let s = ch;
-      if (i > 0) s = this.#prefix + s;
-      if (i === chars.length - 1) s = s + this.#suffix;
-      const id = this.#vocab.get(s);
-      if (id !== undefined) {
-        ids.push(id);
-        mergeable.push(1);
-        lastUnk = false;
-        return;
-      }
-      if (this.#byteFallback) {
-        const bs = utf8(ch);
-        if (bs.every((b) => this.#byteIds[b] >= 0)) {
-          for (const b of bs) {
-            ids.push(this.#byteIds[b]);
-            mergeable.push(1);
-          }
+    return this.#merges.cached(word, () => {
+      const whole = this.#ignoreMerges ? this.#vocab.get(word) : undefined;
+      if (whole !== undefined) return [whole];
+      const ids: number[] = [];
+      const mergeable: number[] = [];
+      const chars = Array.from(word);
+      let lastUnk = false;
+      chars.forEach((ch, i) => {
+        let s = ch;
+        if (i > 0) s = this.#prefix + s;
+        if (i === chars.length - 1) s = s + this.#suffix;
+        const id = this.#vocab.get(s);
+        if (id !== undefined) {
+          ids.push(id);
+          mergeable.push(1);
           lastUnk = false;
           return;
         }
-      }
-      if (this.unkId < 0) throw new Error(`tokenizer: no token for ${JSON.stringify(ch)} and no unk token`);
-      if (this.#fuseUnk && lastUnk) return;
-      ids.push(this.unkId);
-      mergeable.push(1);
-      lastUnk = true;
+        if (this.#byteFallback) {
+          const bs = utf8(ch);
+          if (bs.every((b) => this.#byteIds[b] >= 0)) {
+            for (const b of bs) {
+              ids.push(this.#byteIds[b]);
+              mergeable.push(1);
+            }
+            lastUnk = false;
+            return;
+          }
+        }
+        if (this.unkId < 0) throw new Error(`tokenizer: no token for ${JSON.stringify(ch)} and no unk token`);
+        if (this.#fuseUnk && lastUnk) return;
+        ids.push(this.unkId);
+        mergeable.push(1);
+        lastUnk = true;
+      });
+      return this.#merges.merge(ids, Uint8Array.from(mergeable));
     });
-    const merges = this.#merges, v = this.vocabSize;
-    const result = mergeSymbols(ids, Uint8Array.from(mergeable), (l, r) => merges.get(l * v + r));
-    if (word.length < 64) {
-      if (this.#cache.size > 10000) this.#cache.clear();
-      this.#cache.set(word, result);
-    }
-    return result;
   }
 
-  decode(ids: number[]): string {
-    return decodeAll(this.#decodeTable, ids);
+  protected decodeTable(): PieceBytesTable {
+    return this.#decodeTable;
   }
 
-  streamDecoder(): StreamDecoder {
-    return new PieceStreamDecoder(this.#decodeTable);
-  }
-
-  piece(id: number): string {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new RangeError(`token id ${id} out of range [0, ${this.vocabSize})`);
-    }
+  protected pieceOf(id: number): string {
     return this.#pieces[id];
   }
 
-  /** Id of a vocabulary piece or added token, or -1. */
-  tokenToId(piece: string): number {
-    return this.#vocab.get(piece) ?? this.#added.find((t) => t.content === piece)?.id ?? -1;
+  protected cleanUp(text: string): string {
+    return cleanUpTokenizationSpaces(text);
   }
+
+  /** Id of a vocabulary piece or added token, or -1. */
+  tokenId(text: string): number {
+    return this.#vocab.get(text) ?? this.#added.find((t) => t.content === text)?.id ?? -1;
+  }
+}
+
+/** transformers' clean_up_tokenization. */
+function cleanUpTokenizationSpaces(s: string): string {
+  return s.replaceAll(" .", ".").replaceAll(" ?", "?").replaceAll(" !", "!").replaceAll(" ,", ",")
+    .replaceAll(" ' ", "'").replaceAll(" n't", "n't").replaceAll(" 'm", "'m").replaceAll(" 's", "'s")
+    .replaceAll(" 've", "'ve").replaceAll(" 're", "'re");
 }
 
 /** The id of the first special token of a TemplateProcessing `single` template (-1 when none leads it). */
@@ -543,6 +576,10 @@ function templateFirstSpecial(pp: unknown, idOf: (s: string) => number): number 
 }
 
 /** Builds the tokenizer from a parsed tokenizer.json (and optionally tokenizer_config.json). */
-export function hfTokenizerFromJSON(json: unknown, tokenizerConfig?: unknown): HfBpeTokenizer {
-  return new HfBpeTokenizer(json, tokenizerConfig);
+export function hfTokenizerFromJSON(
+  json: unknown,
+  tokenizerConfig?: unknown,
+  opts?: HfTokenizerOptions,
+): HfBpeTokenizer {
+  return new HfBpeTokenizer(json, tokenizerConfig, opts);
 }

@@ -147,3 +147,20 @@ export function mergeSymbols(
   for (let i = 0; i >= 0; i = next[i]) out.push(id[i]);
   return out;
 }
+
+/** Memoises the ids of short words (a word's merge result does not depend on its neighbours). */
+export class WordCache {
+  readonly #map = new Map<string, number[]>();
+
+  /** The ids of `word` from the cache, or computed by `encode` and remembered (short words only). */
+  get(word: string, encode: () => number[]): number[] {
+    if (word.length >= 64) return encode();
+    let ids = this.#map.get(word);
+    if (ids === undefined) {
+      if (this.#map.size >= 50000) this.#map.clear();
+      ids = encode();
+      this.#map.set(word, ids);
+    }
+    return ids;
+  }
+}
