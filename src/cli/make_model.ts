@@ -1,70 +1,28 @@
 /**
- * Write a llama GGUF with seeded random weights in the real shapes of small models (for benchmarks and
- * tests): `deno task make-model --shape smollm2-135m|mid|tiny --out FILE [--type f32|f16|q8_0|q4_0]
- * [--seed N] [--ctx N]`.
+ * Write a GGUF with seeded random weights in the exact geometry of a real model (for benchmarks and
+ * end-to-end tests): `deno task make-model --shape NAME --out FILE [--type f32|f16|q8_0|q4_0] [--seed N]
+ * [--ctx N] [--vocab-dir DIR] [--template-dir DIR]`. Shapes and vocabulary families: src/model/synthetic.ts
+ * (real-model shapes carry a real byte-level BPE vocabulary, their special tokens at the real ids and the
+ * family's chat template; `mid` and `tiny` a built-in SentencePiece one).
  *
- * Matrices are normal with std 0.02, norms are 1. The file carries SentencePiece-style tokenizer metadata
- * (`tokenizer.ggml.model` = "llama": <unk>, <s>, </s>, the 256 byte tokens, then "▁"-prefixed pieces and
- * letters). Tensors are generated and streamed to disk one at a time; the write is atomic.
+ * Matrices and biases are normal with std 0.02, norms are 1, Llama 3 rope factors are computed. Tensors are
+ * generated and streamed to disk one at a time; the write is atomic.
  */
 import { parseArgs } from "node:util";
 import { GGMLType } from "../model/types.ts";
 import { quantize } from "../model/ggml.ts";
 import { type GGUFKV, GGUFValueType } from "../model/gguf.ts";
 import { type GGUFTensorDesc, writeGGUFFile } from "../model/gguf_writer.ts";
+import {
+  type FamilyPaths,
+  headDimOf,
+  llama3RopeFactors,
+  type ModelShape,
+  SHAPES,
+  tokenizerMetadata,
+} from "../model/synthetic.ts";
 
-export interface ModelShape {
-  nLayers: number;
-  dim: number;
-  nHeads: number;
-  nKVHeads: number;
-  ffnDim: number;
-  vocabSize: number;
-  contextLength: number;
-  ropeTheta: number;
-  normEps: number;
-  /** Tied embeddings: no output.weight tensor. */
-  tied: boolean;
-}
-
-export const SHAPES: Record<string, ModelShape> = {
-  "smollm2-135m": {
-    nLayers: 30,
-    dim: 576,
-    nHeads: 9,
-    nKVHeads: 3,
-    ffnDim: 1536,
-    vocabSize: 49152,
-    contextLength: 8192,
-    ropeTheta: 100000,
-    normEps: 1e-5,
-    tied: true,
-  },
-  mid: {
-    nLayers: 8,
-    dim: 512,
-    nHeads: 8,
-    nKVHeads: 4,
-    ffnDim: 1408,
-    vocabSize: 4096,
-    contextLength: 4096,
-    ropeTheta: 10000,
-    normEps: 1e-5,
-    tied: false,
-  },
-  tiny: {
-    nLayers: 4,
-    dim: 128,
-    nHeads: 4,
-    nKVHeads: 2,
-    ffnDim: 384,
-    vocabSize: 512,
-    contextLength: 2048,
-    ropeTheta: 10000,
-    normEps: 1e-5,
-    tied: true,
-  },
-};
+export { type ModelShape, SHAPES } from "../model/synthetic.ts";
 
 /** Weight type per --type, with llama.cpp's LLAMA_FTYPE for general.file_type. */
 export const WEIGHT_TYPES: Record<string, { type: GGMLType; fileType: number }> = {
@@ -121,103 +79,57 @@ function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
 
-/** SentencePiece-style vocabulary of exactly `n` tokens (n ≥ 300). */
-export function buildVocab(n: number): { tokens: string[]; scores: number[]; types: number[] } {
-  if (n < 300) throw new RangeError(`vocab size ${n} is too small (need at least 300)`);
-  const tokens = ["<unk>", "<s>", "</s>"];
-  const types = [2, 3, 3];
-  const scores = [0, 0, 0];
-  for (let b = 0; b < 256; b++) {
-    tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
-    types.push(6);
-    scores.push(0);
-  }
-  const lower = "abcdefghijklmnopqrstuvwxyz";
-  const chars = lower + lower.toUpperCase() + "0123456789.,!?'\"-:;()";
-  function* pieces(): Generator<string> {
-    yield "▁";
-    for (const c of chars) yield c;
-    for (const c of chars) yield `▁${c}`;
-    for (let len = 2;; len++) {
-      const idx = new Array(len).fill(0);
-      while (true) {
-        const s = idx.map((i) => lower[i]).join("");
-        yield `▁${s}`;
-        yield s;
-        let k = len - 1;
-        while (k >= 0 && ++idx[k] === lower.length) idx[k--] = 0;
-        if (k < 0) break;
-      }
-    }
-  }
-  let rank = 0;
-  for (const p of pieces()) {
-    if (tokens.length >= n) break;
-    tokens.push(p);
-    types.push(1);
-    scores.push(-rank++);
-  }
-  return { tokens, scores, types };
-}
-
-/** Metadata (with GGUF types) of a synthetic llama model. */
-export function syntheticMetadata(
+/** Metadata (with GGUF types) of a synthetic model of shape `s`: architecture keys, then its vocabulary. */
+export async function syntheticMetadata(
   name: string,
   s: ModelShape,
   fileType: number,
-): Record<string, GGUFKV> {
+  paths: FamilyPaths = {},
+): Promise<Record<string, GGUFKV>> {
   const u32 = (value: number): GGUFKV => ({ type: GGUFValueType.UINT32, value });
   const f32 = (value: number): GGUFKV => ({ type: GGUFValueType.FLOAT32, value });
   const str = (value: string): GGUFKV => ({ type: GGUFValueType.STRING, value });
-  const vocab = buildVocab(s.vocabSize);
-  return {
-    "general.architecture": str("llama"),
+  const a = s.arch, hd = headDimOf(s);
+  const md: Record<string, GGUFKV> = {
+    "general.architecture": str(a),
     "general.name": str(`synthetic-${name}`),
     "general.file_type": u32(fileType),
-    "llama.context_length": u32(s.contextLength),
-    "llama.embedding_length": u32(s.dim),
-    "llama.block_count": u32(s.nLayers),
-    "llama.feed_forward_length": u32(s.ffnDim),
-    "llama.attention.head_count": u32(s.nHeads),
-    "llama.attention.head_count_kv": u32(s.nKVHeads),
-    "llama.attention.layer_norm_rms_epsilon": f32(s.normEps),
-    "llama.rope.freq_base": f32(s.ropeTheta),
-    "llama.rope.dimension_count": u32(s.dim / s.nHeads),
-    "llama.vocab_size": u32(s.vocabSize),
-    "tokenizer.ggml.model": str("llama"),
-    "tokenizer.ggml.tokens": {
-      type: GGUFValueType.ARRAY,
-      value: { itemType: GGUFValueType.STRING, items: vocab.tokens },
-    },
-    "tokenizer.ggml.scores": {
-      type: GGUFValueType.ARRAY,
-      value: { itemType: GGUFValueType.FLOAT32, items: vocab.scores },
-    },
-    "tokenizer.ggml.token_type": {
-      type: GGUFValueType.ARRAY,
-      value: { itemType: GGUFValueType.INT32, items: vocab.types },
-    },
-    "tokenizer.ggml.unknown_token_id": u32(0),
-    "tokenizer.ggml.bos_token_id": u32(1),
-    "tokenizer.ggml.eos_token_id": u32(2),
-    "tokenizer.ggml.add_bos_token": { type: GGUFValueType.BOOL, value: true },
+    [`${a}.context_length`]: u32(s.contextLength),
+    [`${a}.embedding_length`]: u32(s.dim),
+    [`${a}.block_count`]: u32(s.nLayers),
+    [`${a}.feed_forward_length`]: u32(s.ffnDim),
+    [`${a}.attention.head_count`]: u32(s.nHeads),
+    [`${a}.attention.head_count_kv`]: u32(s.nKVHeads),
+    [`${a}.attention.layer_norm_rms_epsilon`]: f32(s.normEps),
+    [`${a}.rope.freq_base`]: f32(s.ropeTheta),
+    [`${a}.rope.dimension_count`]: u32(hd),
+    [`${a}.vocab_size`]: u32(s.vocabSize),
   };
+  if (s.headDim !== undefined) {
+    md[`${a}.attention.key_length`] = u32(hd);
+    md[`${a}.attention.value_length`] = u32(hd);
+  }
+  return { ...md, ...await tokenizerMetadata(s, paths) };
 }
 
-/** Tensor list (row-major shapes) of a llama model; 1-D norms are always F32. */
+/** Tensor list (row-major shapes) of a synthetic model; 1-D tensors (norms, biases, rope factors) are F32. */
 export function syntheticTensors(s: ModelShape, type: GGMLType): GGUFTensorDesc[] {
-  const headDim = s.dim / s.nHeads;
-  const q = s.nHeads * headDim, kv = s.nKVHeads * headDim;
+  const hd = headDimOf(s);
+  const q = s.nHeads * hd, kv = s.nKVHeads * hd;
   const m = (name: string, shape: number[]): GGUFTensorDesc => ({ name, type, shape });
   const v = (name: string, n: number): GGUFTensorDesc => ({ name, type: GGMLType.F32, shape: [n] });
   const out: GGUFTensorDesc[] = [m("token_embd.weight", [s.vocabSize, s.dim])];
+  if (s.llama3Rope) out.push(v("rope_freqs.weight", hd / 2));
   for (let l = 0; l < s.nLayers; l++) {
     const p = `blk.${l}.`;
+    out.push(v(`${p}attn_norm.weight`, s.dim), m(`${p}attn_q.weight`, [q, s.dim]));
+    if (s.qkvBias) out.push(v(`${p}attn_q.bias`, q));
+    out.push(m(`${p}attn_k.weight`, [kv, s.dim]));
+    if (s.qkvBias) out.push(v(`${p}attn_k.bias`, kv));
+    out.push(m(`${p}attn_v.weight`, [kv, s.dim]));
+    if (s.qkvBias) out.push(v(`${p}attn_v.bias`, kv));
+    if (s.qkNorm) out.push(v(`${p}attn_q_norm.weight`, hd), v(`${p}attn_k_norm.weight`, hd));
     out.push(
-      v(`${p}attn_norm.weight`, s.dim),
-      m(`${p}attn_q.weight`, [q, s.dim]),
-      m(`${p}attn_k.weight`, [kv, s.dim]),
-      m(`${p}attn_v.weight`, [kv, s.dim]),
       m(`${p}attn_output.weight`, [s.dim, q]),
       v(`${p}ffn_norm.weight`, s.dim),
       m(`${p}ffn_gate.weight`, [s.ffnDim, s.dim]),
@@ -230,12 +142,24 @@ export function syntheticTensors(s: ModelShape, type: GGMLType): GGUFTensorDesc[
   return out;
 }
 
+/** Seeded values of tensor `i`: normal(0, 0.02) matrices and biases, unit norms, computed rope factors. */
+function syntheticValues(s: ModelShape, desc: GGUFTensorDesc, i: number, seed: number): Float32Array {
+  if (desc.name === "rope_freqs.weight") return llama3RopeFactors(headDimOf(s), s.ropeTheta, s.llama3Rope!);
+  const n = desc.shape.reduce((a, b) => a * b, 1);
+  const x = new Float32Array(n);
+  if (desc.shape.length === 1 && !desc.name.endsWith(".bias")) x.fill(1);
+  else new Rng((seed * 1000003 + i * 7919 + 1) >>> 0).fillNormal(x, 0.02);
+  return x;
+}
+
 export interface MakeModelOptions {
   shape: string;
   out: string;
   type?: string;
   seed?: number;
   ctx?: number;
+  /** Where the vocabulary and chat-template fixtures are (default ../shared/fixtures/…). */
+  paths?: FamilyPaths;
 }
 
 /** Generate and write a synthetic model; returns the file size and parameter count. */
@@ -251,22 +175,16 @@ export async function makeModel(opts: MakeModelOptions): Promise<{ bytes: number
   const tensors = syntheticTensors(shape, wt.type);
   let params = 0;
   for (const t of tensors) params += t.shape.reduce((a, b) => a * b, 1);
-  const bytes = await writeGGUFFile(
-    opts.out,
-    { metadata: syntheticMetadata(opts.shape, shape, wt.fileType), tensors },
-    (i, desc) => {
-      const n = desc.shape.reduce((a, b) => a * b, 1);
-      const x = new Float32Array(n);
-      if (desc.shape.length === 1) x.fill(1);
-      else new Rng((seed * 1000003 + i * 7919 + 1) >>> 0).fillNormal(x, 0.02);
-      return desc.type === GGMLType.F32 ? new Uint8Array(x.buffer) : quantize(desc.type, x);
-    },
-  );
+  const metadata = await syntheticMetadata(opts.shape, shape, wt.fileType, opts.paths);
+  const bytes = await writeGGUFFile(opts.out, { metadata, tensors }, (i, desc) => {
+    const x = syntheticValues(shape, desc, i, seed);
+    return desc.type === GGMLType.F32 ? new Uint8Array(x.buffer) : quantize(desc.type, x);
+  });
   return { bytes, params };
 }
 
 const USAGE = `usage: deno task make-model --shape ${Object.keys(SHAPES).join("|")} --out FILE ` +
-  `[--type f32|f16|q8_0|q4_0] [--seed N] [--ctx N]`;
+  `[--type f32|f16|q8_0|q4_0] [--seed N] [--ctx N] [--vocab-dir DIR] [--template-dir DIR]`;
 
 function intFlag(name: string, v: string | undefined, min: number): number | undefined {
   if (v === undefined) return undefined;
@@ -287,6 +205,8 @@ async function main(args: string[]): Promise<number> {
         type: { type: "string" },
         seed: { type: "string" },
         ctx: { type: "string" },
+        "vocab-dir": { type: "string" },
+        "template-dir": { type: "string" },
         help: { type: "boolean" },
       },
       strict: true,
@@ -306,6 +226,7 @@ async function main(args: string[]): Promise<number> {
       type,
       seed: intFlag("seed", values.seed, 0),
       ctx: intFlag("ctx", values.ctx, 1),
+      paths: { vocabDir: values["vocab-dir"], templateDir: values["template-dir"] },
     };
   } catch (e) {
     console.error(`make-model: ${(e as Error).message.split("\n")[0]} (${USAGE})`);
