@@ -8,7 +8,12 @@
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { REPO_ROOT } from "../src/model/loader.ts";
-import { ChatTemplate, ChatTemplateError, type TemplateMessage } from "../src/model/chat_template.ts";
+import {
+  ChatTemplate,
+  ChatTemplateError,
+  ggufChatTemplate,
+  type TemplateMessage,
+} from "../src/model/chat_template.ts";
 import { pyFloat, pyJsonDumps, pyStrftime, V } from "../src/model/jinja_python.ts";
 
 const SHARED = resolve(REPO_ROOT, "..", "shared", "fixtures", "chat_templates");
@@ -199,4 +204,19 @@ Deno.test("python printing: float repr, json.dumps, strftime", () => {
     pyStrftime(d, "%-d/%-m %I%p %j %U %W %u %w %y %C %F %T %q"),
     "1/1 12AM 001 00 01 1 1 24 20 2024-01-01 00:30:09 %q",
   );
+});
+
+Deno.test("ggufChatTemplate: the template and the text of the BOS/EOS tokens; absent parts are empty", () => {
+  const meta = {
+    "tokenizer.chat_template": "{{ bos_token }}",
+    "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>"],
+    "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2,
+  };
+  assert.deepEqual(ggufChatTemplate(meta), { source: "{{ bos_token }}", bosToken: "<s>", eosToken: "</s>" });
+  assert.deepEqual(ggufChatTemplate({ "tokenizer.ggml.bos_token_id": 7 }), {
+    source: undefined,
+    bosToken: "",
+    eosToken: "",
+  });
 });

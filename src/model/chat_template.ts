@@ -143,3 +143,27 @@ function cutAfterFinalMessage(rendered: string, messages: readonly TemplateMessa
   if (rendered.slice(at, at + left.length) === text) return rendered.slice(0, at + left.length);
   return rendered.slice(0, at + stripped.length);
 }
+
+/** A model's chat template and the text of its BOS/EOS tokens (transformers' `bos_token`/`eos_token`). */
+export interface ModelChatTemplate {
+  source?: string;
+  bosToken: string;
+  eosToken: string;
+}
+
+/** The chat template of a GGUF's metadata (`tokenizer.chat_template`, BOS/EOS ids into `tokenizer.ggml.tokens`). */
+export function ggufChatTemplate(metadata: Record<string, unknown>): ModelChatTemplate {
+  const tokens = metadata["tokenizer.ggml.tokens"];
+  const piece = (key: string) => {
+    const id = metadata[key];
+    return Array.isArray(tokens) && typeof id === "number" && typeof tokens[id] === "string"
+      ? tokens[id]
+      : "";
+  };
+  const source = metadata["tokenizer.chat_template"];
+  return {
+    source: typeof source === "string" ? source : undefined,
+    bosToken: piece("tokenizer.ggml.bos_token_id"),
+    eosToken: piece("tokenizer.ggml.eos_token_id"),
+  };
+}
