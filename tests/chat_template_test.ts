@@ -161,6 +161,29 @@ Deno.test("errors: raise_exception carries its message; syntax, render and input
   );
 });
 
+Deno.test("limits: runaway loops, repetition and recursion end in a render error", () => {
+  const cases: [string, RegExp][] = [
+    [
+      "{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}",
+      /exceeded .* steps/,
+    ],
+    ["{{ 'x' * 100000000 }}", /repetition result longer/],
+    ["{{ [1, 2] * 10000000 }}", /repetition result longer/],
+    ["{{ range(10000000)|length }}", /range\(\) longer/],
+    ["{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", /./],
+  ];
+  for (const [src, message] of cases) {
+    assertTemplateError(() => new ChatTemplate(src).render([]), "render", message);
+  }
+  // The step budget grows with the conversation: a long one still renders.
+  const msgs = Array.from(
+    { length: 5000 },
+    (_, i) => ({ role: i % 2 ? "assistant" : "user", content: `m${i}` }),
+  );
+  const qwen = new ChatTemplate(templateText("Qwen-Qwen2.5-7B-Instruct.jinja"));
+  assert.ok(qwen.render(msgs).endsWith("<|im_start|>assistant\nm4999<|im_end|>\n"));
+});
+
 Deno.test("continue_final_message: content parts continue their last text part", () => {
   const t = new ChatTemplate(
     "{% for m in messages %}<{{ m.role }}>{% for p in m.content %}{{ p.text }}{% endfor %}</{{ m.role }}>" +

@@ -11,7 +11,7 @@
  * that fails while rendering ("render"), or arguments that cannot be rendered ("input").
  */
 import { Environment, Template } from "@huggingface/jinja";
-import { pyStrip, pythonGlobals, PythonInterpreter, TemplateRaise } from "./jinja_python.ts";
+import { pyStrip, pythonGlobals, PythonInterpreter, stepBudget, TemplateRaise } from "./jinja_python.ts";
 
 export type ChatTemplateErrorKind = "raise" | "syntax" | "render" | "input";
 
@@ -76,19 +76,23 @@ export class ChatTemplate {
         throw new ChatTemplateError("input", `template variable "${k}" cannot be overridden`);
       }
     }
-    const rendered = this.#run({
-      bos_token: o.bosToken ?? "",
-      eos_token: o.eosToken ?? "",
-      ...o.vars,
-      messages,
-      tools: o.tools ?? null,
-      documents: o.documents ?? null,
-      add_generation_prompt: o.addGenerationPrompt ?? false,
-    }, o.now ?? (() => new Date()));
+    const rendered = this.#run(
+      {
+        bos_token: o.bosToken ?? "",
+        eos_token: o.eosToken ?? "",
+        ...o.vars,
+        messages,
+        tools: o.tools ?? null,
+        documents: o.documents ?? null,
+        add_generation_prompt: o.addGenerationPrompt ?? false,
+      },
+      o.now ?? (() => new Date()),
+      stepBudget(messages.length + (o.tools?.length ?? 0)),
+    );
     return o.continueFinalMessage ? cutAfterFinalMessage(rendered, messages) : rendered;
   }
 
-  #run(vars: Record<string, unknown>, now: () => Date): string {
+  #run(vars: Record<string, unknown>, now: () => Date, maxSteps: number): string {
     let env: Environment;
     try {
       // Globals live in a parent scope so that the render's variables shadow them, as in jinja2.
@@ -98,7 +102,7 @@ export class ChatTemplate {
       throw new ChatTemplateError("input", `template variables: ${(e as Error).message}`);
     }
     try {
-      const out = new PythonInterpreter(env).evaluate(this.#template.parsed, env);
+      const out = new PythonInterpreter(env, maxSteps).evaluate(this.#template.parsed, env);
       return out.value as string;
     } catch (e) {
       if (e instanceof TemplateRaise) throw new ChatTemplateError("raise", e.message);

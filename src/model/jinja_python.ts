@@ -537,11 +537,18 @@ function pyArith(op: string, a: Value, b: Value): Value {
   throw new Error(`unsupported operator ${op}`);
 }
 
-function repeatTimes(v: Value): number {
+/** Longest string or list a template may build by `*` (a bound on memory, far above any prompt). */
+export const MAX_REPEAT_LENGTH = 1 << 24;
+
+function repeatTimes(v: Value, unit: number): number {
   if (!(isA(v, V.Int) || isA(v, V.Bool))) {
     throw new TypeError(`can't multiply sequence by non-int of type '${typeName(v)}'`);
   }
-  return Math.max(0, num(v));
+  const n = Math.max(0, num(v));
+  if (n * unit > MAX_REPEAT_LENGTH) {
+    throw new RangeError(`repetition result longer than ${MAX_REPEAT_LENGTH}`);
+  }
+  return n;
 }
 
 /** The items of an iterable value as Python iterates it (strings by code point, dicts by key). */
@@ -1019,7 +1026,7 @@ function pyRange(args: Value[]): Value {
   const [start, stop, step] = b === undefined ? [0, a, 1] : [a, b, c ?? 1];
   if (step === 0) throw new Error("ValueError: range() arg 3 must not be zero");
   const out: Value[] = [];
-  if (Math.abs((stop - start) / step) > 1e6) throw new Error("range too large");
+  if (Math.abs((stop - start) / step) > 1e6) throw new RangeError("range() longer than 1e6 items");
   for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(int(i));
   return new V.Arr(out);
 }
@@ -1073,14 +1080,39 @@ interface InterpreterInternals {
 }
 const BaseInterpreter = Interpreter as unknown as new (env: Environment) => InterpreterInternals;
 
+/**
+ * The evaluation steps a render may take (every node evaluated and every loop iteration is one): nested loops
+ * cannot run for ever. Real templates take about 50 per message; the budget grows with the conversation.
+ */
+export function stepBudget(items: number): number {
+  return 500_000 + 200 * items;
+}
+
 /** `@huggingface/jinja`'s interpreter with jinja2-under-Python semantics where they differ (module comment). */
 export class PythonInterpreter extends BaseInterpreter {
+  #steps = 0;
+  readonly #maxSteps: number;
   #forIterable: Node | undefined;
   readonly #loopBodies = new WeakSet<Node[]>();
 
+  /** `maxSteps`: see `stepBudget`. */
+  constructor(env: Environment, maxSteps = stepBudget(0)) {
+    super(env);
+    this.#maxSteps = maxSteps;
+  }
+
+  #step(n = 1): void {
+    this.#steps += n;
+    if (this.#steps > this.#maxSteps) {
+      throw new RangeError(`template evaluation exceeded ${this.#maxSteps} steps`);
+    }
+  }
+
   override evaluate(node: Node | undefined, env: Environment): Value {
+    this.#step();
     const v = super.evaluate(node, env);
     if (node && node === this.#forIterable) {
+      if (isSeq(v) || isDict(v) || isStr(v)) this.#step(pyLen(v)); // every iteration is a step, even empty ones
       // What a for loop iterates: Python iterates strings by character and an undefined value as empty;
       // tuples become unpackable arrays.
       this.#forIterable = undefined;
@@ -1143,8 +1175,10 @@ export class PythonInterpreter extends BaseInterpreter {
     }
     if (op === "*") {
       const [s, n] = isNum(a) ? [b, a] : [a, b];
-      if (isStr(s)) return str((s.value as string).repeat(repeatTimes(n)));
-      if (isSeq(s)) return new V.Arr(Array.from({ length: repeatTimes(n) }, () => s.value).flat());
+      if (isStr(s)) return str((s.value as string).repeat(repeatTimes(n, s.value.length)));
+      if (isSeq(s)) {
+        return new V.Arr(Array.from({ length: repeatTimes(n, s.value.length) }, () => s.value).flat());
+      }
     }
     if (op === "**" && isNum(a) && isNum(b)) {
       if (num(a) === 0 && num(b) < 0) {
