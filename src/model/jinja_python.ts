@@ -58,7 +58,7 @@ export const V = (() => {
 
 /** `v instanceof C` without type narrowing (every value class has the same structural type here). */
 const isA = (v: Value, C: ValueClass): boolean => v instanceof C;
-const TUPLE = Symbol("tuple");
+const KIND = Symbol("kind");
 const str = (s: string) => new V.Str(s);
 const int = (n: number) => new V.Int(n);
 const bool = (b: boolean) => new V.Bool(b);
@@ -66,18 +66,42 @@ const undef = () => new V.Undef();
 const none = () => new V.Null();
 const isStr = (v: Value) => isA(v, V.Str);
 const isNum = (v: Value) => isA(v, V.Int) || isA(v, V.Float) || isA(v, V.Bool);
-const isSeq = (v: Value) => isA(v, V.Arr); // lists and tuples
+const isSeq = (v: Value) => isA(v, V.Arr); // every sequence kind (SeqKind)
 const isDict = (v: Value) => isA(v, V.Obj); // includes keyword arguments
 const isUndef = (v: Value) => isA(v, V.Undef);
 const num = (v: Value): number => (isA(v, V.Bool) ? Number(v.value) : v.value);
 
-/** A Python tuple: an array value that prints with parentheses (and unpacks in `for a, b in …`). */
-export function pyTuple(items: Value[]): Value {
-  const t = new V.Arr(items);
-  (t as any)[TUPLE] = true;
-  return t;
+/**
+ * The Python type behind an array value. Lists and tuples are sequences; jinja2's `map`, `select`, `unique`, …
+ * return generators (iterable once, always true, no len(), not JSON-serializable: `x|map(…)|tojson` raises in
+ * transformers), `reverse` a list iterator, `dict.items()`/`keys()`/`values()` views, `range()` a range.
+ */
+export type SeqKind =
+  | "list"
+  | "tuple"
+  | "generator"
+  | "list_reverseiterator"
+  | "dict_items"
+  | "dict_keys"
+  | "dict_values"
+  | "range";
+const ONE_SHOT = new Set<SeqKind>(["generator", "list_reverseiterator"]);
+const INDEXABLE = new Set<SeqKind>(["list", "tuple", "range"]);
+type SeqState = { kind: SeqKind; consumed: boolean; range?: number[] };
+
+/** An array value of the given Python kind. */
+export function pySeq(items: Value[], kind: SeqKind = "list", range?: number[]): Value {
+  const a = new V.Arr(items);
+  if (kind === "list") return a;
+  (a as any)[KIND] = { kind, consumed: false, range } satisfies SeqState;
+  if (ONE_SHOT.has(kind)) a.__bool__ = () => new V.Bool(true);
+  return a;
 }
-const isTuple = (v: Value) => v.type === "TupleValue" || (v as any)[TUPLE] === true;
+export const pyTuple = (items: Value[]) => pySeq(items, "tuple");
+const seqState = (v: Value): SeqState | undefined => (v as any)[KIND];
+const kindOf = (v: Value): SeqKind => seqState(v)?.kind ?? (v.type === "TupleValue" ? "tuple" : "list");
+const isTuple = (v: Value) => isSeq(v) && kindOf(v) === "tuple";
+const isOneShot = (v: Value) => isSeq(v) && ONE_SHOT.has(kindOf(v));
 
 /** Python's type name of a value, for error messages. */
 function typeName(v: Value): string {
@@ -87,7 +111,7 @@ function typeName(v: Value): string {
   if (isA(v, V.Float)) return "float";
   if (isA(v, V.Null)) return "NoneType";
   if (isA(v, V.Undef)) return "Undefined";
-  if (isSeq(v)) return isTuple(v) ? "tuple" : "list";
+  if (isSeq(v)) return kindOf(v);
   if (isDict(v)) return "dict";
   if (isA(v, V.Namespace)) return "Namespace";
   return "function";
@@ -138,9 +162,14 @@ export function pyRepr(v: Value): string {
   if (isStr(v)) return pyStrRepr(v.value);
   if (isUndef(v)) return "Undefined";
   if (isSeq(v)) {
+    const kind = kindOf(v);
+    if (ONE_SHOT.has(kind)) return `<${kind} object>`;
+    if (kind === "range") {
+      return `range(${seqState(v)!.range!.filter((x, i) => i < 2 || x !== 1).join(", ")})`;
+    }
     const items = (v.value as Value[]).map(pyRepr);
-    if (!isTuple(v)) return `[${items.join(", ")}]`;
-    return items.length === 1 ? `(${items[0]},)` : `(${items.join(", ")})`;
+    if (kind === "tuple") return items.length === 1 ? `(${items[0]},)` : `(${items.join(", ")})`;
+    return kind === "list" ? `[${items.join(", ")}]` : `${kind}([${items.join(", ")}])`;
   }
   if (isDict(v)) {
     return `{${
@@ -220,7 +249,7 @@ export function pyJsonDumps(v: Value, opts: JsonOptions = {}, depth = 0): string
   if (isA(v, V.Null)) return "null";
   let parts: string[];
   let open: string, close: string;
-  if (isSeq(v)) {
+  if (isSeq(v) && (kindOf(v) === "list" || kindOf(v) === "tuple")) {
     parts = (v.value as Value[]).map((x) => pyJsonDumps(x, opts, depth + 1));
     [open, close] = ["[", "]"];
   } else if (isDict(v)) {
@@ -475,8 +504,9 @@ export function pyEq(a: Value, b: Value): boolean {
   if (isStr(a) && isStr(b)) return a.value === b.value;
   if (isA(a, V.Null) || isUndef(a)) return a.constructor === b.constructor;
   if (isSeq(a) && isSeq(b)) {
+    if (isOneShot(a) || kindOf(a) !== kindOf(b)) return a === b;
     const x = a.value as Value[], y = b.value as Value[];
-    return isTuple(a) === isTuple(b) && x.length === y.length && x.every((v, i) => pyEq(v, y[i]));
+    return x.length === y.length && x.every((v, i) => pyEq(v, y[i]));
   }
   if (isDict(a) && isDict(b)) {
     const x = a.value as Map<string, Value>, y = b.value as Map<string, Value>;
@@ -489,7 +519,7 @@ export function pyEq(a: Value, b: Value): boolean {
 function pyCompare(a: Value, b: Value, op: string): number {
   if (isNum(a) && isNum(b)) return num(a) < num(b) ? -1 : num(a) > num(b) ? 1 : 0;
   if (isStr(a) && isStr(b)) return cmpCodePoints(a.value, b.value);
-  if (isSeq(a) && isSeq(b) && isTuple(a) === isTuple(b)) {
+  if (isSeq(a) && isSeq(b) && kindOf(a) === kindOf(b) && INDEXABLE.has(kindOf(a))) {
     const x = a.value as Value[], y = b.value as Value[];
     for (let i = 0; i < Math.min(x.length, y.length); i++) {
       if (!pyEq(x[i], y[i])) return pyCompare(x[i], y[i], op);
@@ -505,7 +535,7 @@ function pyContains(container: Value, x: Value): boolean {
     if (!isStr(x)) throw new TypeError(`'in <string>' requires string as left operand, not ${typeName(x)}`);
     return container.value.includes(x.value);
   }
-  if (isSeq(container)) return (container.value as Value[]).some((y) => pyEq(y, x));
+  if (isSeq(container)) return iterate(container).some((y) => pyEq(y, x)); // a generator is consumed
   if (isDict(container)) return isStr(x) && (container.value as Map<string, Value>).has(x.value);
   if (isUndef(container)) return false;
   throw new TypeError(`argument of type '${typeName(container)}' is not iterable`);
@@ -553,7 +583,14 @@ function repeatTimes(v: Value, unit: number): number {
 
 /** The items of an iterable value as Python iterates it (strings by code point, dicts by key). */
 function iterate(v: Value): Value[] {
-  if (isSeq(v)) return v.value;
+  if (isSeq(v)) {
+    const st = seqState(v);
+    if (st && ONE_SHOT.has(st.kind)) {
+      if (st.consumed) return [];
+      st.consumed = true;
+    }
+    return v.value;
+  }
   if (isStr(v)) return [...(v.value as string)].map(str);
   if (isDict(v)) return [...(v.value as Map<string, Value>).keys()].map(str);
   if (isUndef(v)) return [];
@@ -563,7 +600,7 @@ function iterate(v: Value): Value[] {
 /** A Python length (`len()`), with undefined as empty. */
 function pyLen(v: Value): number {
   if (isStr(v)) return [...(v.value as string)].length;
-  if (isSeq(v)) return v.value.length;
+  if (isSeq(v) && !isOneShot(v)) return v.value.length;
   if (isDict(v)) return v.value.size;
   if (isUndef(v)) return 0;
   throw new TypeError(`object of type '${typeName(v)}' has no len()`);
@@ -587,7 +624,7 @@ const TESTS: Record<string, Test> = {
   string: isStr,
   mapping: isDict,
   iterable: (v) => isStr(v) || isSeq(v) || isDict(v) || isUndef(v),
-  sequence: (v) => isStr(v) || isSeq(v) || isDict(v) || isUndef(v),
+  sequence: (v) => isStr(v) || (isSeq(v) && INDEXABLE.has(kindOf(v))) || isDict(v) || isUndef(v),
   callable: (v) => isA(v, V.Fn),
   odd: (v) => num(v) % 2 !== 0,
   even: (v) => num(v) % 2 === 0,
@@ -634,7 +671,7 @@ function getItem(obj: Value, key: Value): Value {
   if (isDict(obj) || isA(obj, V.Namespace)) {
     return isStr(key) ? (obj.value as Map<string, Value>).get(key.value) ?? undef() : undef();
   }
-  if ((isSeq(obj) || isStr(obj)) && isA(key, V.Int)) {
+  if ((isStr(obj) || (isSeq(obj) && INDEXABLE.has(kindOf(obj)))) && isA(key, V.Int)) {
     const items = isStr(obj) ? [...(obj.value as string)] : (obj.value as Value[]);
     const i = key.value < 0 ? items.length + key.value : key.value;
     const item = items[i];
@@ -759,11 +796,16 @@ const FILTERS: Record<string, FilterImpl> = {
   length: (_, v) => int(pyLen(v)),
   list: (_, v) => new V.Arr(iterate(v)),
   first: (_, v) => iterate(v)[0] ?? undef(),
-  last: (_, v) => iterate(v).at(-1) ?? undef(),
-  reverse: (
-    _,
-    v,
-  ) => (isStr(v) ? str([...(v.value as string)].reverse().join("")) : new V.Arr([...iterate(v)].reverse())),
+  last: (_, v) => {
+    if (isOneShot(v)) throw new TypeError(`'${typeName(v)}' object is not reversible`);
+    return iterate(v).at(-1) ?? undef();
+  },
+  // jinja2: reversed(value) (an iterator), or a reversed list when value is not reversible (a generator).
+  reverse: (_, v) => {
+    if (isStr(v)) return str([...(v.value as string)].reverse().join(""));
+    const oneShot = isOneShot(v);
+    return pySeq([...iterate(v)].reverse(), oneShot ? "list" : "list_reverseiterator");
+  },
   join: (_, v, args, kw) => {
     const attr = kw.get("attribute");
     const items = iterate(v).map((x) => (attr ? attrPath(x, attr) : x));
@@ -797,7 +839,7 @@ const FILTERS: Record<string, FilterImpl> = {
         out.push(x);
       }
     }
-    return new V.Arr(out);
+    return pySeq(out, "generator");
   },
   batch: (_, v, args, kw) => {
     const size = num(arg(args, kw, 0, "linecount")!), fill = arg(args, kw, 1, "fill_with");
@@ -807,10 +849,10 @@ const FILTERS: Record<string, FilterImpl> = {
       if (fill && !(isA(fill, V.Null))) { while (row.length < size) row.push(fill); }
       out.push(new V.Arr(row));
     }
-    return new V.Arr(out);
+    return pySeq(out, "generator");
   },
   items: (_, v) =>
-    new V.Arr(isUndef(v) ? [] : [...(dictOf(v, "items"))].map(([k, x]) => pyTuple([str(k), x]))),
+    pySeq(isUndef(v) ? [] : [...(dictOf(v, "items"))].map(([k, x]) => pyTuple([str(k), x])), "generator"),
   dictsort: (_, v, args, kw) => {
     const cs = flag(arg(args, kw, 0, "case_sensitive"));
     const by = arg(args, kw, 1, "by")?.value ?? "key", reverse = flag(arg(args, kw, 2, "reverse"));
@@ -845,17 +887,18 @@ const FILTERS: Record<string, FilterImpl> = {
     const attr = kw.get("attribute");
     if (attr) {
       const dflt = kw.get("default");
-      return new V.Arr(
+      return pySeq(
         iterate(v).map((x) => {
           const r = attrPath(x, attr);
           return isUndef(r) && dflt ? dflt : r;
         }),
+        "generator",
       );
     }
     const [name, ...rest] = args;
     if (!name || !isStr(name)) throw new Error("map requires a filter name or attribute=");
     const restKw = new Map([...kw].filter(([k]) => k !== "default"));
-    return new V.Arr(iterate(v).map((x) => self.applyNamedFilter(name.value, x, rest, restKw, env)));
+    return pySeq(iterate(v).map((x) => self.applyNamedFilter(name.value, x, rest, restKw, env)), "generator");
   },
   groupby: (_, v, args, kw) => {
     const attr = arg(args, kw, 0, "attribute")!, dflt = arg(args, kw, 1, "default");
@@ -901,7 +944,7 @@ function selectItems(
 ): Value {
   const attr = byAttr ? args[0] : undefined;
   const [testName, ...testArgs] = byAttr ? args.slice(1) : args;
-  return new V.Arr(
+  return pySeq(
     iterate(v).filter((x) => {
       const subject = byAttr ? attrPath(x, attr!) : x;
       const ok = testName
@@ -909,6 +952,7 @@ function selectItems(
         : subject.__bool__().value;
       return ok === keep;
     }),
+    "generator",
   );
 }
 
@@ -1028,7 +1072,7 @@ function pyRange(args: Value[]): Value {
   const out: Value[] = [];
   if (Math.abs((stop - start) / step) > 1e6) throw new RangeError("range() longer than 1e6 items");
   for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(int(i));
-  return new V.Arr(out);
+  return pySeq(out, "range", [start, stop, step]);
 }
 
 /** The globals transformers gives a chat template (plus jinja2's `range`, `dict`, `namespace`, constants). */
@@ -1054,7 +1098,17 @@ export function pythonGlobals(now: () => Date): Environment {
   fn("range", pyRange);
   fn("dict", (args) => {
     const [pos, kw] = splitArgs(args);
-    const out = new Map<string, Value>(pos[0] ? [...dictOf(pos[0], "dict")] : []);
+    const from = pos[0];
+    const pairs = !from
+      ? []
+      : isDict(from)
+      ? [...from.value as Map<string, Value>]
+      : iterate(from).map((p) => {
+        const [k, v] = iterate(p);
+        if (!k || !isStr(k) || !v) throw new TypeError("dict() takes a mapping or (str, value) pairs");
+        return [k.value as string, v] as [string, Value];
+      });
+    const out = new Map<string, Value>(pairs);
     for (const [k, v] of kw) out.set(k, v);
     return new V.Obj(out);
   });
@@ -1117,7 +1171,7 @@ export class PythonInterpreter extends BaseInterpreter {
       // tuples become unpackable arrays.
       this.#forIterable = undefined;
       if (isStr(v) || isUndef(v)) return new V.Arr(iterate(v));
-      if (isSeq(v)) return new V.Arr((v.value as Value[]).map((x) => (isTuple(x) ? pyTuple(x.value) : x)));
+      if (isSeq(v)) return new V.Arr(iterate(v).map((x) => (x.type === "TupleValue" ? pyTuple(x.value) : x)));
     }
     return v;
   }
@@ -1168,16 +1222,16 @@ export class PythonInterpreter extends BaseInterpreter {
     if (isNum(a) && isNum(b) && op !== "**") return pyArith(op, a, b);
     if (op === "+") {
       if (isStr(a) && isStr(b)) return str(a.value + b.value);
-      if (isSeq(a) && isSeq(b) && isTuple(a) === isTuple(b)) {
-        return isTuple(a) ? pyTuple([...a.value, ...b.value]) : new V.Arr([...a.value, ...b.value]);
+      if (isSeq(a) && isSeq(b) && kindOf(a) === kindOf(b) && (kindOf(a) === "list" || isTuple(a))) {
+        return pySeq([...a.value, ...b.value], kindOf(a));
       }
       if (isStr(a)) throw new TypeError(`can only concatenate str (not "${typeName(b)}") to str`);
     }
     if (op === "*") {
       const [s, n] = isNum(a) ? [b, a] : [a, b];
       if (isStr(s)) return str((s.value as string).repeat(repeatTimes(n, s.value.length)));
-      if (isSeq(s)) {
-        return new V.Arr(Array.from({ length: repeatTimes(n, s.value.length) }, () => s.value).flat());
+      if (isSeq(s) && (kindOf(s) === "list" || isTuple(s))) {
+        return pySeq(Array.from({ length: repeatTimes(n, s.value.length) }, () => s.value).flat(), kindOf(s));
       }
     }
     if (op === "**" && isNum(a) && isNum(b)) {
@@ -1192,6 +1246,8 @@ export class PythonInterpreter extends BaseInterpreter {
 
   override evaluateMemberExpression(node: Node, env: Environment): Value {
     if (node.computed && node.property.type === "SliceExpression") {
+      const obj = this.evaluate(node.object, env);
+      if (isSeq(obj) && !INDEXABLE.has(kindOf(obj))) return undef(); // jinja2: not subscriptable
       return super.evaluateMemberExpression(node, env);
     }
     const obj = this.evaluate(node.object, env);
@@ -1241,11 +1297,11 @@ export class PythonInterpreter extends BaseInterpreter {
         case "get":
           return (isStr(pos[0]) ? map.get(pos[0].value) : undefined) ?? pos[1] ?? none();
         case "items":
-          return new V.Arr([...map].map(([k, v]) => pyTuple([str(k), v])));
+          return pySeq([...map].map(([k, v]) => pyTuple([str(k), v])), "dict_items");
         case "keys":
-          return new V.Arr([...map.keys()].map(str));
+          return pySeq([...map.keys()].map(str), "dict_keys");
         default:
-          return new V.Arr([...map.values()]);
+          return pySeq([...map.values()], "dict_values");
       }
     });
   }
