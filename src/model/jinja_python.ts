@@ -1146,7 +1146,8 @@ export function stepBudget(items: number): number {
 export class PythonInterpreter extends BaseInterpreter {
   #steps = 0;
   readonly #maxSteps: number;
-  #forIterable: Node | undefined;
+  /** The iterable expressions of for loops (their values are adjusted as Python iterates them). */
+  readonly #forIterables = new WeakSet<Node>();
   readonly #loopBodies = new WeakSet<Node[]>();
 
   /** `maxSteps`: see `stepBudget`. */
@@ -1165,11 +1166,11 @@ export class PythonInterpreter extends BaseInterpreter {
   override evaluate(node: Node | undefined, env: Environment): Value {
     this.#step();
     const v = super.evaluate(node, env);
-    if (node && node === this.#forIterable) {
-      if (isSeq(v) || isDict(v) || isStr(v)) this.#step(pyLen(v)); // every iteration is a step, even empty ones
-      // What a for loop iterates: Python iterates strings by character and an undefined value as empty;
-      // tuples become unpackable arrays.
-      this.#forIterable = undefined;
+    if (node && this.#forIterables.has(node)) {
+      // Every iteration is a step, even of an empty body.
+      this.#step(isSeq(v) ? v.value.length : isDict(v) || isStr(v) ? pyLen(v) : 0);
+      // What a for loop iterates: Python iterates strings by character, an undefined value as empty and a
+      // generator once; tuples become unpackable arrays.
       if (isStr(v) || isUndef(v)) return new V.Arr(iterate(v));
       if (isSeq(v)) return new V.Arr(iterate(v).map((x) => (x.type === "TupleValue" ? pyTuple(x.value) : x)));
     }
@@ -1177,7 +1178,7 @@ export class PythonInterpreter extends BaseInterpreter {
   }
 
   override evaluateFor(node: Node, env: Environment): Value {
-    this.#forIterable = node.iterable.type === "SelectExpression" ? node.iterable.lhs : node.iterable;
+    this.#forIterables.add(node.iterable.type === "SelectExpression" ? node.iterable.lhs : node.iterable);
     this.#loopBodies.add(node.body);
     return super.evaluateFor(node, env);
   }
