@@ -1,8 +1,9 @@
 /**
  * Chat messages → prompt text.
  *
- * - A model that ships a chat template (GGUF `tokenizer.chat_template`, HF `chat_template`) is rendered with
- *   `@huggingface/jinja`, with `add_generation_prompt: true` and the model's BOS/EOS strings.
+ * - A model that ships a chat template (GGUF `tokenizer.chat_template`, HF `chat_template`) is rendered as
+ *   transformers renders it (src/model/chat_template.ts), with `add_generation_prompt: true` and the model's
+ *   BOS/EOS strings.
  * - The story models this service is tested with have none. Their DEFAULT TEMPLATE is plain text: the message
  *   contents, in order, joined with one newline ("\n"), roles dropped, no trailing newline, so a single user
  *   message "Once upon a time" is continued as a story. BOS is added by the tokenizer (not as text).
@@ -11,7 +12,7 @@
  * `continuationText(prev, all)` renders both conversations and returns the suffix; for the default template
  * that is "\n" + the new contents joined with "\n".
  */
-import { Template } from "@huggingface/jinja";
+import { ChatTemplate } from "../model/chat_template.ts";
 
 export interface ChatMessage {
   role: string;
@@ -20,13 +21,13 @@ export interface ChatMessage {
 }
 
 export class ChatRenderer {
-  readonly #template?: Template;
+  readonly #template?: ChatTemplate;
 
   constructor(
     readonly source: string | undefined,
     readonly special: { bos: string; eos: string } = { bos: "", eos: "" },
   ) {
-    if (source) this.#template = new Template(source);
+    if (source) this.#template = new ChatTemplate(source, { bosToken: special.bos, eosToken: special.eos });
   }
 
   get usesModelTemplate(): boolean {
@@ -36,12 +37,7 @@ export class ChatRenderer {
   /** The prompt for `messages`; `generation` appends the template's assistant prefix. */
   render(messages: ChatMessage[], generation = true): string {
     if (!this.#template) return messages.map((m) => m.content).join("\n");
-    return this.#template.render({
-      messages,
-      add_generation_prompt: generation,
-      bos_token: this.special.bos,
-      eos_token: this.special.eos,
-    });
+    return this.#template.render(messages, { addGenerationPrompt: generation });
   }
 
   /**
