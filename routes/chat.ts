@@ -12,20 +12,20 @@
  * that diverges from it (an edited earlier message) rebuilds the cache from scratch (`kv.rebuilt`).
  */
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
 import {
   AuthHeaderSchema,
   ChatRequestSchema,
   ChatResponseSchema,
   errorResponses,
-} from "../src/server/schemas.ts";
+} from "../src/server/http/schemas.ts";
 import {
   checkModel,
   commonParams,
   finalChunks,
   randomId,
   streamGeneration,
-} from "../src/server/generation.ts";
+} from "../src/server/http/openai.ts";
 import type { ChatMessage } from "../src/server/chat_prompt.ts";
 import { ApiError } from "../src/server/errors.ts";
 

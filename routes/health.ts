@@ -1,10 +1,10 @@
 /** `GET /health` (process is up), `GET /ready` (model loaded and accepting work; 503 while shutting down),
  * `GET /metrics` (Prometheus text format). None of them needs an API key. */
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
-import { errorResponses } from "../src/server/schemas.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
+import { errorResponses } from "../src/server/http/schemas.ts";
 import { unavailable } from "../src/server/errors.ts";
-import { modelId } from "../src/server/generation.ts";
+import { modelId } from "../src/server/http/openai.ts";
 
 const health = createRoute({
   method: "get",

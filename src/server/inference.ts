@@ -15,8 +15,8 @@ import type { KVPolicy } from "../kv/policy.ts";
 import type { SequenceKV } from "../kv/cache.ts";
 import { type ChatMessage, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
 import { ApiError, badRequest, tooMany, unavailable } from "./errors.ts";
-import type { SessionService, TurnState } from "./sessions.ts";
-import { validatePolicySpec } from "./sessions.ts";
+import type { SessionService, TurnState } from "./session_service.ts";
+import { validatePolicySpec } from "./session_service.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
 

@@ -10,14 +10,14 @@ import type { Backend } from "../engine/backend.ts";
 import { Scheduler } from "../engine/scheduler.ts";
 import { openStore, type SessionStore } from "../session/store.ts";
 import { liveKVPrecision, type ServerConfig } from "./config.ts";
-import { type AppDeps, createApp } from "./app.ts";
-import { ApiKeys } from "./auth.ts";
+import { type AppDeps, createApp } from "./http/app.ts";
+import { ApiKeys } from "./http/auth.ts";
 import { ChatRenderer } from "./chat_prompt.ts";
 import { Inference } from "./inference.ts";
-import { RateLimiter } from "./limits.ts";
+import { RateLimiter } from "./http/rate_limit.ts";
 import { createLogger, type Logger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
-import { SessionService } from "./sessions.ts";
+import { SessionService } from "./session_service.ts";
 
 export interface RunningServer {
   url: string;

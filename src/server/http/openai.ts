@@ -1,9 +1,9 @@
 /** Helpers shared by the chat and completions routes: body → sampling params, and the SSE response. */
 import type { Context } from "hono";
-import type { SamplingParams } from "../engine/sampler.ts";
-import { ApiError, badRequest } from "./errors.ts";
+import type { SamplingParams } from "../../engine/sampler.ts";
+import { ApiError, badRequest } from "../errors.ts";
 import type { AppEnv } from "./app.ts";
-import type { GenerateParams, GenerateResult, Inference } from "./inference.ts";
+import type { GenerateParams, GenerateResult, Inference } from "../inference.ts";
 
 export interface SamplingBody {
   max_tokens?: number | null;

@@ -4,7 +4,7 @@
  * caller is the anonymous owner.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { unauthorized } from "./errors.ts";
+import { unauthorized } from "../errors.ts";
 
 export const ANONYMOUS_OWNER = "anonymous";
 

@@ -1,5 +1,5 @@
 /** Per-key rate limiting: a token bucket per owner (requests per second with a burst). */
-import { tooMany } from "./errors.ts";
+import { tooMany } from "../errors.ts";
 
 export class RateLimiter {
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
