@@ -234,6 +234,33 @@ async function suite(t: Deno.TestContext, h: Harness): Promise<void> {
     }
   });
 
+  await t.step("leases are renewed by their holder only; an expired lease cannot be renewed", async () => {
+    const other = await h.second();
+    try {
+      const a = (await store.acquireLease("R", 250))!;
+      assert.ok(a);
+      assert.equal(await other.renewLease("R", "not-the-token", 10_000), false);
+      // Renewing keeps it held past its first expiry.
+      for (let i = 0; i < 4; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        assert.equal(await store.renewLease("R", a, 250), true, `renewal ${i}`);
+      }
+      assert.equal(await other.acquireLease("R", 10_000), null, "renewed past the first 250 ms");
+      // Not renewed: it expires, and the old holder can no longer renew it, whether or not it was taken.
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(await store.renewLease("R", a, 10_000), false, "expired, not taken");
+      const b = (await other.acquireLease("R", 10_000))!;
+      assert.ok(b);
+      assert.equal(await store.renewLease("R", a, 10_000), false, "taken by another");
+      assert.equal(await other.renewLease("R", b, 10_000), true);
+      await other.releaseLease("R", b);
+      assert.equal(await other.renewLease("R", b, 10_000), false, "released");
+      await assert.rejects(() => store.renewLease("R", b, 0), /ttl/);
+    } finally {
+      if (other !== store) await other.close();
+    }
+  });
+
   await t.step("delete removes the record and all its data", async () => {
     assert.equal(await store.put(rec("del", 1, blobOf(11, 700_000)), 0), true);
     assert.equal(await store.put(rec("del", 2, blobOf(12, 650_000)), 1), true);
