@@ -27,7 +27,7 @@ import {
   streamGeneration,
 } from "../src/server/http/openai.ts";
 import type { ChatMessage } from "../src/server/chat_prompt.ts";
-import { ApiError } from "../src/server/errors.ts";
+import { invalid } from "../src/server/errors.ts";
 
 const route = createRoute({
   method: "post",
@@ -59,9 +59,7 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
     const model = checkModel(c, body.model);
     const common = commonParams(c, body);
     if (body.max_tokens && body.max_completion_tokens && body.max_tokens !== body.max_completion_tokens) {
-      throw new ApiError(
-        400,
-        "invalid_request_error",
+      throw invalid(
         "max_tokens and max_completion_tokens disagree; send one of them.",
         "max_completion_tokens",
         "invalid_value",

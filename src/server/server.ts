@@ -68,7 +68,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
     {
       precision: cfg.kvPrecision,
       defaultPolicy: cfg.kvPolicy,
-      leaseMs: cfg.requestTimeoutMs + 30_000,
+      leaseMs: cfg.leaseMs,
     },
     metrics,
     logger,
@@ -146,6 +146,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
       }
       // Let in-flight responses (commits, final SSE events) complete, then close the listener.
       await server.shutdown();
+      await sessions.close(); // leases of turns that never reached the scheduler
       await store.close();
       if (!opts.backend) backend.dispose();
       logger.info("stopped");

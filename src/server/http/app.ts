@@ -1,25 +1,33 @@
 /**
  * The Hono app, built from injected dependencies (model, backend, scheduler, sessions, …) so tests and
- * `main.ts` wire it the same way. Cross-cutting concerns live here: request ids and structured request logs,
- * metrics by route and status, body-size limit, API-key auth and per-key rate limiting on `/v1/*`, zod
- * validation errors and every other error turned into the OpenAI error shape (never a stack trace),
- * `/openapi.json` and the swagger-ui page at `/docs`.
+ * `main.ts` wire it the same way: the middleware chain (middleware.ts), the routes (routes/), the one
+ * error mapping (errors.ts: every error becomes the OpenAI shape, never a stack trace), `/openapi.json` and
+ * the swagger-ui page at `/docs`.
  */
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { swaggerUI } from "@hono/swagger-ui";
 import { bodyLimit } from "hono/body-limit";
-import { HTTPException } from "hono/http-exception";
 import type { Backend } from "../../engine/backend.ts";
 import type { Scheduler } from "../../engine/scheduler.ts";
 import type { LoadedModel } from "../../model/loader.ts";
 import type { ServerConfig } from "../config.ts";
-import { ApiError, badRequest, fromZodIssues, internal, notFound } from "../errors.ts";
+import { notFound, ServiceError } from "../errors.ts";
 import type { Inference } from "../inference.ts";
 import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
 import type { SessionService } from "../session_service.ts";
 import type { ApiKeys } from "./auth.ts";
 import type { RateLimiter } from "./rate_limit.ts";
+import { errorResponse, fromZodIssues, httpError } from "./errors.ts";
+import {
+  accessLog,
+  auth,
+  drainGate,
+  httpMetrics,
+  rateLimit,
+  requestContext,
+  requestId,
+} from "./middleware.ts";
 import { registerChat } from "../../../routes/chat.ts";
 import { registerCompletions } from "../../../routes/completions.ts";
 import { registerSessions } from "../../../routes/sessions.ts";
@@ -52,12 +60,6 @@ export type AppEnv = {
   };
 };
 
-const REQUEST_ID_RE = /^[A-Za-z0-9._:\-]{1,128}$/;
-
-function errorResponse(c: { get(k: "requestId"): string }, e: ApiError): Response {
-  return e.toResponse({ "x-request-id": c.get("requestId") ?? "" });
-}
-
 export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>({
     defaultHook: (result) => {
@@ -65,61 +67,14 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     },
   });
 
-  // Request id, logging, metrics.
-  app.use("*", async (c, next) => {
-    const t0 = performance.now();
-    const given = c.req.header("x-request-id");
-    const requestId = given && REQUEST_ID_RE.test(given) ? given : crypto.randomUUID();
-    const log = deps.logger.child({ reqId: requestId });
-    c.set("deps", deps);
-    c.set("requestId", requestId);
-    c.set("log", log);
-    c.set("startedAt", t0);
-    c.set("owner", "anonymous");
-    await next();
-    c.header("x-request-id", requestId);
-    const status = c.res.status;
-    const route = c.req.routePath && c.req.routePath !== "/*" && c.req.routePath !== "*"
-      ? c.req.routePath
-      : "unmatched";
-    const labels = { route, method: c.req.method, status: String(status) };
-    const secs = (performance.now() - t0) / 1000;
-    deps.metrics.requests.inc(labels);
-    deps.metrics.requestSeconds.observe(labels, secs);
-    const line = { method: c.req.method, path: c.req.path, status, ms: Math.round(secs * 10000) / 10 };
-    if (status >= 500) log.error(line, "request");
-    else if (route === "/metrics" || route === "/health") log.debug(line, "request");
-    else log.info(line, "request");
-  });
-
-  app.onError((err, c) => {
-    let e: ApiError;
-    if (err instanceof ApiError) e = err;
-    else if (err instanceof HTTPException) {
-      if (err.status === 400) e = badRequest("Malformed JSON in request body.", null, "invalid_json");
-      else if (err.status === 413) {
-        e = new ApiError(413, "invalid_request_error", err.message, null, "body_too_large");
-      } else e = new ApiError(err.status, "invalid_request_error", err.message);
-    } else {
-      c.get("log")?.error({ err: String(err), stack: (err as Error)?.stack }, "unhandled error");
-      e = internal();
-    }
-    return errorResponse(c, e);
-  });
-
-  app.notFound((c) =>
-    errorResponse(c, notFound(`Unknown route ${c.req.method} ${c.req.path}`, null, "unknown_route"))
-  );
-
-  // Body size limit for every request with a body.
+  app.use("*", requestContext(deps), requestId(), accessLog(), httpMetrics(deps.metrics));
   app.use(
     "*",
     bodyLimit({
       maxSize: deps.cfg.maxBodyBytes,
       onError: () => {
-        throw new ApiError(
-          413,
-          "invalid_request_error",
+        throw new ServiceError(
+          "too_large",
           `Request body too large: the limit is ${deps.cfg.maxBodyBytes} bytes.`,
           null,
           "body_too_large",
@@ -127,19 +82,19 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       },
     }),
   );
+  app.use("/v1/*", auth(deps.keys), rateLimit(deps.limiter), drainGate(deps.state));
 
-  // Auth, rate limit, readiness for the API proper.
-  app.use("/v1/*", async (c, next) => {
-    const owner = deps.keys.authenticate(c.req.header("authorization"));
-    c.set("owner", owner);
-    deps.limiter.take(owner);
-    if (deps.state.shuttingDown && c.req.method !== "GET") {
-      throw new ApiError(503, "service_unavailable", "The server is shutting down.", null, "shutting_down", {
-        "retry-after": "5",
-      });
+  app.onError((err, c) => {
+    if (httpError(err).unknown) {
+      c.get("log")?.error({ err: String(err), stack: (err as Error)?.stack }, "unhandled error");
     }
-    await next();
+    return errorResponse(err, { "x-request-id": c.get("requestId") ?? "" });
   });
+  app.notFound((c) =>
+    errorResponse(notFound(`Unknown route ${c.req.method} ${c.req.path}`, null, "unknown_route"), {
+      "x-request-id": c.get("requestId") ?? "",
+    })
+  );
 
   registerHealth(app);
   registerModels(app);
