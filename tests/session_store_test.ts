@@ -10,6 +10,8 @@ import { openStore, type SessionRecord, type SessionStore } from "../src/session
 import { DenoKvSessionStore } from "../src/session/stores/deno_kv.ts";
 import { MemorySessionStore } from "../src/session/stores/memory.ts";
 import { RedisSessionStore } from "../src/session/stores/redis.ts";
+import { freePort } from "../src/client/net.ts";
+import { startRedis } from "./support/redis.ts";
 
 function rng(seed: number): () => number {
   let a = seed | 0;
@@ -340,54 +342,6 @@ Deno.test("session store: Deno KV (temp sqlite file)", async (t) => {
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function startRedis(): Promise<{ url: string; stop: () => Promise<void> }> {
-  const port = freePort();
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command("redis-server", {
-      args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(
-        "redis-server is not installed (not on PATH): run scripts/setup.sh, then rerun the tests",
-      );
-    }
-    throw e;
-  }
-  const stop = async () => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already exited */ }
-    await child.stderr.cancel();
-    await child.status;
-  };
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      const c = await Deno.connect({ hostname: "127.0.0.1", port });
-      c.close();
-      break;
-    } catch {
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`redis-server did not start on port ${port} within 10 s`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return { url: `redis://127.0.0.1:${port}`, stop };
-}
 
 Deno.test({
   name: "session store: Redis (real redis-server child process)",
