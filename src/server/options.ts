@@ -171,8 +171,8 @@ export const SERVER_OPTIONS = {
     schema: intFrom(100, 600_000),
     default: () => 5_000,
     defaultDoc: "5000",
-    doc: "session lease time: renewed every third of it while a turn runs; after a crash the session " +
-      "takes turns again within it",
+    doc: "session lease time: renewed every third of it while a turn runs (keep it above the longest " +
+      "decoding step); after a crash the session takes turns again within it",
   },
   rateLimitRps: {
     flag: "rate-limit-rps",
