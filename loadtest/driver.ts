@@ -1,18 +1,20 @@
 /**
  * `deno task load`: a Deno load driver running the k6 scenarios of `loadtest/k6/` where k6 is missing.
  *
- * The scenario parameters, request bodies, SSE parser and checks are imported from `loadtest/k6/scenarios.js`,
- * the very module the k6 scripts import, so both send the same requests and count the same checks under
- * the same names. Executor: k6's "per-vu-iterations" with maxDuration: every VU runs its iterations one after
+ * The scenario parameters, request bodies and checks are imported from `loadtest/k6/scenarios.js`, the very
+ * module the k6 scripts import, so both send the same requests and count the same checks under the same
+ * names; requests go through the service's one HTTP/SSE client (src/client/http.ts). The model id is
+ * `--model` / MODEL, else the first model of the server's `GET /v1/models`, so any model can be driven. Executor: k6's "per-vu-iterations" with maxDuration: every VU runs its iterations one after
  * another and stops starting new ones at the duration; in-flight requests then get `--graceful-stop` to
  * finish before they are aborted (counted as interrupted iterations, as k6 does). A run is always bounded
  * in count and in time, and by default only talks to loopback hosts (`--allow-remote` to lift that).
  *
  *   deno task load [--scenario chat_stream|multiturn_sessions|mixed] [--base-url URL] [--api-key KEY]
- *                  [--vus N] [--iterations N] [--duration 60s] [--max-tokens N] [--turns N]
- *                  [--kv-policy JSON] [--graceful-stop 10s] [--allow-remote] [--json OUT] [--quiet]
+ *                  [--model ID] [--vus N] [--iterations N] [--duration 60s] [--max-tokens N] [--turns N]
+ *                  [--kv-policy SPEC] [--graceful-stop 10s] [--allow-remote] [--json OUT] [--quiet]
  *
- * Environment: BASE_URL, API_KEY (or LETHE_API_KEY). Exit codes: 0 all thresholds passed, 99 a threshold was
+ * `--kv-policy` takes the one KV-policy spec syntax (src/kv/policy_spec.ts: `lethe`,
+ * `lethe:mode=fixed,budget=128` or JSON). Environment: BASE_URL, API_KEY (or LETHE_API_KEY), MODEL. Exit codes: 0 all thresholds passed, 99 a threshold was
  * crossed (like k6), 2 bad arguments / refused target / server unreachable.
  *
  * Metrics (k6 names): http_reqs, http_req_failed (status not 2xx/3xx or a network error),
@@ -21,15 +23,17 @@
  * generated_tokens, turn_prefilled_tokens, turn_cached_tokens.
  */
 import { parseArgs } from "node:util";
+import { Client as HttpClient } from "../src/client/http.ts";
+import { quantile, type TrendStats, trendStats } from "../src/client/stats.ts";
+import { parsePolicyText, PolicySpecSyntaxError } from "../src/kv/policy_spec.ts";
 import {
   CHAT_STREAM_CHECKS,
   chatStreamBody,
   COMPLETION_CHECKS,
   completionBody,
-  hasContentDelta,
-  headers as requestHeaders,
   parseDuration,
   parseSSE,
+  pickModel,
   PROMPTS,
   responseView,
   SCENARIOS,
@@ -58,6 +62,8 @@ export interface LoadOptions {
   scenario: ScenarioName;
   baseUrl: string;
   apiKey?: string;
+  /** The model id requests name (default: the first of the server's GET /v1/models). */
+  model?: string;
   /** Allow a non-loopback target (default: refused). */
   allowRemote?: boolean;
   /** Overrides of the scenario's parameters (for `mixed`: vus/iterations scale every part). */
@@ -73,16 +79,7 @@ export interface LoadOptions {
   log?: (line: string) => void;
 }
 
-export interface TrendStats {
-  count: number;
-  avg: number;
-  min: number;
-  med: number;
-  max: number;
-  p90: number;
-  p95: number;
-  p99: number;
-}
+export type { TrendStats };
 
 export interface ThresholdResult {
   metric: string;
@@ -165,28 +162,6 @@ function durationMs(name: string, v: string | number | undefined, fallback: stri
 // ---------------------------------------------------------------------------------------------------------
 // Metrics
 
-export function trendStats(values: number[]): TrendStats | null {
-  if (values.length === 0) return null;
-  const s = [...values].sort((a, b) => a - b);
-  const q = (p: number) => {
-    const pos = (s.length - 1) * p;
-    const lo = Math.floor(pos);
-    const hi = Math.ceil(pos);
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo);
-  };
-  const sum = s.reduce((a, b) => a + b, 0);
-  return {
-    count: s.length,
-    avg: sum / s.length,
-    min: s[0],
-    med: q(0.5),
-    max: s[s.length - 1],
-    p90: q(0.9),
-    p95: q(0.95),
-    p99: q(0.99),
-  };
-}
-
 class Recorder {
   requests = 0;
   failed = 0;
@@ -235,13 +210,16 @@ class Interrupted extends Error {}
 // HTTP
 
 class Client {
+  readonly http: HttpClient;
   constructor(
-    readonly base: string,
-    readonly apiKey: string,
+    base: string,
+    apiKey: string,
     readonly rec: Recorder,
     readonly stop: AbortSignal,
-    readonly timeoutMs: number,
-  ) {}
+    timeoutMs: number,
+  ) {
+    this.http = new HttpClient(base, { apiKey, timeoutMs });
+  }
 
   /**
    * One request, recorded like k6 records it (http_reqs, http_req_failed, http_req_duration); a network
@@ -251,54 +229,23 @@ class Client {
   async request(method: string, path: string, body: unknown, stream = false): Promise<View> {
     if (this.stop.aborted) throw new Interrupted();
     const t0 = performance.now();
-    const signal = AbortSignal.any([this.stop, AbortSignal.timeout(this.timeoutMs)]);
-    let status = 0;
-    let hdrs: Record<string, string> = {};
-    let text = "";
-    let firstToken: number | null = null;
+    let view: View;
     try {
-      const res = await fetch(this.base + path, {
-        method,
-        headers: requestHeaders(this.apiKey),
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal,
-      });
-      status = res.status;
-      hdrs = Object.fromEntries(res.headers.entries());
-      if (stream && res.body) {
-        const dec = new TextDecoder();
-        let pending = "";
-        for await (const chunk of res.body) {
-          const s = dec.decode(chunk, { stream: true });
-          text += s;
-          if (firstToken === null) {
-            pending += s;
-            const lines = pending.split("\n");
-            pending = lines.pop() ?? "";
-            for (const line of lines) {
-              if (line.startsWith("data: ") && hasContentDelta(line.slice(6))) {
-                firstToken = performance.now();
-                break;
-              }
-            }
-          }
-        }
-        text += dec.decode();
-      } else {
-        text = await res.text();
-      }
+      const r = await this.http.request(method, path, body, { stream, signal: this.stop });
+      view = responseView(r.status, Object.fromEntries(r.headers.entries()), r.text) as View;
+      if (r.sse?.ttftMs != null) this.rec.add("ttft", r.sse.ttftMs);
     } catch (e) {
       if (this.stop.aborted) throw new Interrupted();
-      status = 0;
-      text = "";
-      hdrs = { "x-driver-error": String((e as Error)?.message ?? e).split("\n")[0] };
+      view = responseView(
+        0,
+        { "x-driver-error": String((e as Error)?.message ?? e).split("\n")[0] },
+        "",
+      ) as View;
     }
-    const ms = performance.now() - t0;
     this.rec.requests++;
-    if (status < 200 || status >= 400) this.rec.failed++;
-    this.rec.add("http_req_duration", ms);
-    if (firstToken !== null) this.rec.add("ttft", firstToken - t0);
-    return responseView(status, hdrs, text) as View;
+    if (view.status < 200 || view.status >= 400) this.rec.failed++;
+    this.rec.add("http_req_duration", performance.now() - t0);
+    return view;
   }
 }
 
@@ -306,6 +253,7 @@ class Client {
 // Scenario iterations (mirroring loadtest/k6/requests.js)
 
 interface Params {
+  model: string;
   max_tokens: number;
   temperature: number;
   turns: number;
@@ -387,11 +335,13 @@ interface Part {
 
 function buildParts(
   o: LoadOptions,
+  model = o.model ?? "",
 ): { parts: Part[]; durationMs: number; thresholds: Record<string, string[]> } {
   const sc = SCENARIOS as unknown as Record<string, ScenarioDef>;
   const prompt = (vu: number, iter: number) => PROMPTS[(vu + iter) % PROMPTS.length];
   const mt = sc.multiturn_sessions;
   const params = (base: PartDef): Params => ({
+    model,
     max_tokens: positiveInt("max-tokens", o.maxTokens, base.max_tokens ?? 32, 4096),
     temperature: base.temperature ?? 0,
     turns: positiveInt("turns", o.turns, base.turns ?? mt.turns ?? 4, 1000),
@@ -467,12 +417,7 @@ export function evalThreshold(
   if (agg === "count") return metric.count ?? null;
   const st = trendStats(metric.values ?? []);
   if (!st) return null;
-  if (m[2] !== undefined) {
-    const s = [...metric.values!].sort((a, b) => a - b);
-    const pos = (s.length - 1) * (Number(m[2]) / 100);
-    const lo = Math.floor(pos);
-    return s[lo] + (s[Math.ceil(pos)] - s[lo]) * (pos - lo);
-  }
+  if (m[2] !== undefined) return quantile(metric.values!, Number(m[2]) / 100);
   return st[agg as "avg" | "min" | "max" | "med"];
 }
 
@@ -502,7 +447,9 @@ export async function runLoad(o: LoadOptions): Promise<Summary> {
     throw new LoadConfigError(`--scenario must be one of ${SCENARIO_NAMES.join(", ")} (got ${o.scenario})`);
   }
   const base = checkTarget(o.baseUrl, o.allowRemote);
-  const { parts, durationMs: dur, thresholds } = buildParts(o);
+  buildParts(o); // validate before touching the network
+  const model = o.model ?? await discoverModel(base, o.apiKey ?? "");
+  const { parts, durationMs: dur, thresholds } = buildParts(o, model);
   const graceMs = durationMs("graceful-stop", o.gracefulStop, "10s");
   const timeoutMs = durationMs("request-timeout", o.requestTimeout, "120s");
   const rec = new Recorder();
@@ -530,7 +477,7 @@ export async function runLoad(o: LoadOptions): Promise<Summary> {
     }
   };
   o.log?.(
-    `scenario ${o.scenario} → ${base}: ` +
+    `scenario ${o.scenario} → ${base} (model ${model}): ` +
       parts.map((p) => `${p.name} ${p.vus} VUs × ${p.iterations} iterations`).join(", ") +
       `, max duration ${dur / 1000}s`,
   );
@@ -572,6 +519,7 @@ export async function runLoad(o: LoadOptions): Promise<Summary> {
     scenario: o.scenario,
     target: base,
     params: {
+      model,
       duration_s: dur / 1000,
       parts: parts.map((p) => ({ name: p.name, vus: p.vus, iterations: p.iterations })),
     },
@@ -658,6 +606,23 @@ export function formatSummary(s: Summary): string {
 // ---------------------------------------------------------------------------------------------------------
 // CLI
 
+/** The first model the server serves (GET /v1/models), for runs that name none. */
+async function discoverModel(base: string, apiKey: string): Promise<string> {
+  let r;
+  try {
+    r = await new HttpClient(base, { apiKey, timeoutMs: 10_000 }).get("/v1/models");
+  } catch (e) {
+    throw new LoadConfigError(
+      `cannot reach ${base}/v1/models: ${String((e as Error)?.message ?? e).split("\n")[0]}`,
+    );
+  }
+  try {
+    return pickModel("", r.text);
+  } catch (e) {
+    throw new LoadConfigError(`GET /v1/models (status ${r.status}): ${(e as Error).message}`);
+  }
+}
+
 async function preflight(base: string): Promise<void> {
   try {
     const r = await fetch(`${base}/health`, { signal: AbortSignal.timeout(5000) });
@@ -678,6 +643,7 @@ export async function main(args: string[]): Promise<number> {
         scenario: { type: "string", default: "chat_stream" },
         "base-url": { type: "string" },
         "api-key": { type: "string" },
+        model: { type: "string" },
         vus: { type: "string" },
         iterations: { type: "string" },
         duration: { type: "string" },
@@ -701,7 +667,7 @@ export async function main(args: string[]): Promise<number> {
   if (v.help) {
     console.log(
       "deno task load [--scenario chat_stream|multiturn_sessions|mixed] [--base-url URL] [--api-key KEY]\n" +
-        "  [--vus N] [--iterations N] [--duration 60s] [--max-tokens N] [--turns N] [--kv-policy JSON]\n" +
+        "  [--model ID] [--vus N] [--iterations N] [--duration 60s] [--max-tokens N] [--turns N] [--kv-policy SPEC]\n" +
         "  [--graceful-stop 10s] [--request-timeout 120s] [--allow-remote] [--json OUT] [--quiet]",
     );
     return 0;
@@ -714,17 +680,18 @@ export async function main(args: string[]): Promise<number> {
   try {
     let kvPolicy: Record<string, unknown> | undefined;
     if (v["kv-policy"] !== undefined) {
-      const raw = v["kv-policy"].trim();
       try {
-        kvPolicy = raw.startsWith("{") ? JSON.parse(raw) : { name: raw };
-      } catch {
-        throw new LoadConfigError(`--kv-policy: not valid JSON: ${raw.slice(0, 80)}`);
+        kvPolicy = parsePolicyText(v["kv-policy"]);
+      } catch (e) {
+        if (e instanceof PolicySpecSyntaxError) throw new LoadConfigError(`--kv-policy: ${e.message}`);
+        throw e;
       }
     }
     const opts: LoadOptions = {
       scenario: v.scenario as ScenarioName,
       baseUrl: v["base-url"] ?? Deno.env.get("BASE_URL") ?? "http://127.0.0.1:8080",
       apiKey: v["api-key"] ?? Deno.env.get("API_KEY") ?? Deno.env.get("LETHE_API_KEY") ?? "",
+      model: v.model ?? (Deno.env.get("MODEL") || undefined),
       allowRemote: v["allow-remote"],
       vus: int("vus", v.vus),
       iterations: int("iterations", v.iterations),

@@ -12,22 +12,22 @@
  * that diverges from it (an edited earlier message) rebuilds the cache from scratch (`kv.rebuilt`).
  */
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
 import {
   AuthHeaderSchema,
   ChatRequestSchema,
   ChatResponseSchema,
   errorResponses,
-} from "../src/server/schemas.ts";
+} from "../src/server/http/schemas.ts";
 import {
   checkModel,
   commonParams,
   finalChunks,
   randomId,
   streamGeneration,
-} from "../src/server/generation.ts";
+} from "../src/server/http/openai.ts";
 import type { ChatMessage } from "../src/server/chat_prompt.ts";
-import { ApiError } from "../src/server/errors.ts";
+import { invalid } from "../src/server/errors.ts";
 
 const route = createRoute({
   method: "post",
@@ -59,9 +59,7 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
     const model = checkModel(c, body.model);
     const common = commonParams(c, body);
     if (body.max_tokens && body.max_completion_tokens && body.max_tokens !== body.max_completion_tokens) {
-      throw new ApiError(
-        400,
-        "invalid_request_error",
+      throw invalid(
         "max_tokens and max_completion_tokens disagree; send one of them.",
         "max_completion_tokens",
         "invalid_value",

@@ -6,20 +6,20 @@
  * tokens are prefilled.
  */
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
 import {
   AuthHeaderSchema,
   CompletionRequestSchema,
   CompletionResponseSchema,
   errorResponses,
-} from "../src/server/schemas.ts";
+} from "../src/server/http/schemas.ts";
 import {
   checkModel,
   commonParams,
   finalChunks,
   randomId,
   streamGeneration,
-} from "../src/server/generation.ts";
+} from "../src/server/http/openai.ts";
 
 const route = createRoute({
   method: "post",

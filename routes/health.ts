@@ -1,10 +1,10 @@
 /** `GET /health` (process is up), `GET /ready` (model loaded and accepting work; 503 while shutting down),
  * `GET /metrics` (Prometheus text format). None of them needs an API key. */
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
-import { errorResponses } from "../src/server/schemas.ts";
-import { unavailable } from "../src/server/errors.ts";
-import { modelId } from "../src/server/generation.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
+import { errorResponses } from "../src/server/http/schemas.ts";
+import { shuttingDown, unavailable } from "../src/server/errors.ts";
+import { modelId } from "../src/server/http/openai.ts";
 
 const health = createRoute({
   method: "get",
@@ -55,7 +55,7 @@ export function registerHealth(app: OpenAPIHono<AppEnv>): void {
   app.openapi(health, (c) => c.json({ status: "ok" as const }, 200));
   app.openapi(ready, (c) => {
     const d = c.get("deps");
-    if (d.state.shuttingDown) throw unavailable("The server is shutting down.", "shutting_down");
+    if (d.state.shuttingDown) throw shuttingDown();
     if (!d.state.ready) throw unavailable("The server is not ready yet.");
     return c.json({
       status: "ready" as const,
@@ -70,6 +70,7 @@ export function registerHealth(app: OpenAPIHono<AppEnv>): void {
     d.metrics.queueDepth.set(d.scheduler.queued);
     d.metrics.activeSequences.set(d.scheduler.active);
     d.metrics.kvBytes.set(d.scheduler.kvBytes());
+    d.metrics.activeSessions.set(d.sessions.leasesHeld);
     const text = await d.metrics.registry.metrics();
     return c.text(text, 200, { "content-type": d.metrics.registry.contentType });
   });

@@ -1,8 +1,8 @@
 /** `GET /v1/models`: the one model this server serves. */
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
-import { AuthHeaderSchema, errorResponses } from "../src/server/schemas.ts";
-import { modelId } from "../src/server/generation.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
+import { AuthHeaderSchema, errorResponses } from "../src/server/http/schemas.ts";
+import { modelId } from "../src/server/http/openai.ts";
 
 const ModelSchema = z.object({
   id: z.string(),

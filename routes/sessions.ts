@@ -4,8 +4,8 @@
  * A session belongs to the API key that created it; other keys get 404.
  */
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi";
-import type { AppEnv } from "../src/server/app.ts";
-import { AuthHeaderSchema, errorResponses, KvPolicySchema } from "../src/server/schemas.ts";
+import type { AppEnv } from "../src/server/http/app.ts";
+import { AuthHeaderSchema, errorResponses, KvPolicySchema } from "../src/server/http/schemas.ts";
 
 const SessionSchema = z.object({
   id: z.string(),

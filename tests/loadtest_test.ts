@@ -1,13 +1,15 @@
 /**
  * The load driver (loadtest/driver.ts) against a real server on a free loopback port: a tiny bounded run of
- * each scenario finishes with 0 failed requests and every check passing; non-loopback targets are refused
- * (library and CLI) before any network access.
+ * each scenario finishes with 0 failed requests and every check passing; the CLI against a server process
+ * of another model names that model (from GET /v1/models); non-loopback targets are refused (library and
+ * CLI) before any network access.
  */
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { checkTarget, isLoopbackHost, LoadConfigError, runLoad } from "../loadtest/driver.ts";
 import { start } from "./support/server_harness.ts";
 import { REPO_ROOT } from "../src/model/loader.ts";
+import { startServerProcess } from "../src/client/server_process.ts";
 
 function assertClean(s: Awaited<ReturnType<typeof runLoad>>, requests: number) {
   assert.equal(s.failures, 0, JSON.stringify(s.checks));
@@ -111,4 +113,66 @@ Deno.test("driver: refuses non-loopback targets unless allowed", async () => {
   const err = new TextDecoder().decode(out.stderr).trim();
   assert.match(err, /^load: refusing non-loopback target 192\.0\.2\.1:8080/);
   assert.equal(err.split("\n").length, 1);
+});
+
+Deno.test({
+  name:
+    "driver CLI smoke against a real server process serving another model: the model id comes from /v1/models",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "lethe-load-" });
+    const srv = await startServerProcess({
+      args: [
+        "--model",
+        resolve(REPO_ROOT, "../shared/models/tinystories-656K"),
+        "--store",
+        "memory:",
+        "--backend",
+        "ts",
+      ],
+      logPath: `${dir}/server.log`,
+    });
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          resolve(REPO_ROOT, "loadtest/driver.ts"),
+          "--base-url",
+          srv.url,
+          "--scenario",
+          "mixed",
+          "--vus",
+          "1",
+          "--iterations",
+          "1",
+          "--max-tokens",
+          "4",
+          "--turns",
+          "2",
+          "--kv-policy",
+          "lethe:mode=fixed,budget=64",
+          "--json",
+          `${dir}/summary.json`,
+          "--quiet",
+        ],
+        env: { MODEL: "" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, text);
+      const s = JSON.parse(await Deno.readTextFile(`${dir}/summary.json`));
+      assert.equal(s.params.model, "tinystories-656K");
+      assert.equal(s.failures, 0, text);
+      // chat_stream 1 + completions 1 + one session (create, 2 turns, delete).
+      assert.equal(s.requests, 6);
+      assert.equal(s.checks["session deleted"].pass, 1);
+      assert.ok(s.ok);
+    } finally {
+      await srv.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -5,6 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { get, post, referenceTurns, start } from "./support/server_harness.ts";
+import { decodeBundle, encodeBundle } from "../src/session/bundle.ts";
+import { decodeSnapshot, encodeSnapshot } from "../src/session/codec.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 const M = "stories260K";
@@ -192,6 +194,31 @@ Deno.test(
   },
 );
 
+/** Ways a stored blob goes bad, each with the reason the turn reports for rebuilding its cache. */
+const DAMAGES: { reason: string; damage: (blob: Uint8Array) => Uint8Array }[] = [
+  {
+    // a flipped payload byte (a bad disk, a partial copy…)
+    reason: "checksum",
+    damage: (b) => {
+      const blob = b.slice();
+      blob[blob.length - 10] ^= 0xff;
+      return blob;
+    },
+  },
+  {
+    // a snapshot made by another model (a store shared across models…)
+    reason: "fingerprint_mismatch",
+    damage: (b) => {
+      const bundle = decodeBundle(b);
+      const snap = decodeSnapshot(bundle.snapshot);
+      return encodeBundle(
+        bundle.history!,
+        encodeSnapshot({ ...snap, fingerprint: "0".repeat(64) }, { kvPrecision: "f32" }),
+      );
+    },
+  },
+];
+
 Deno.test(
   "corrupted stored blob: the cache is rebuilt from the token history, same tokens",
   opts,
@@ -199,46 +226,51 @@ Deno.test(
     const policy = { name: "full" };
     const turns = ["Once upon a time", "Then the dog said", "The end"];
     const ref = await referenceTurns(policy, turns, 30, "f32");
-    const srv = await start({ kvPrecision: "f32" });
-    try {
-      const id = (await post(srv.url, "/v1/sessions", { kv_policy: policy })).json.id;
-      const texts: string[] = [];
-      for (let i = 0; i < turns.length; i++) {
-        if (i === 2) {
-          // flip a payload byte in the stored blob (a bad disk, a partial copy…)
-          const store = srv.deps.sessions.store;
-          const rec = (await store.get(id))!;
-          const blob = rec.blob.slice();
-          blob[blob.length - 10] ^= 0xff;
-          assert.ok(await store.put({ ...rec, blob, version: rec.version + 1 }, rec.version));
+    for (const { reason, damage } of DAMAGES) {
+      const srv = await start({ kvPrecision: "f32" });
+      try {
+        const id = (await post(srv.url, "/v1/sessions", { kv_policy: policy })).json.id;
+        const texts: string[] = [];
+        for (let i = 0; i < turns.length; i++) {
+          if (i === 2) {
+            const store = srv.deps.sessions.store;
+            const rec = (await store.get(id))!;
+            const blob = damage(rec.blob);
+            assert.ok(await store.put({ ...rec, blob, version: rec.version + 1 }, rec.version));
+          }
+          const r = await post(srv.url, "/v1/completions", {
+            model: M,
+            prompt: turns[i],
+            max_tokens: 30,
+            temperature: 0,
+            session_id: id,
+          });
+          assert.equal(r.status, 200, r.text);
+          texts.push(r.json.choices[0].text);
+          if (i === 2) {
+            assert.equal(r.json.kv.rebuilt, reason);
+            assert.equal(r.json.usage.prompt_tokens_details.cached_tokens, 0);
+          }
         }
-        const r = await post(srv.url, "/v1/completions", {
+        assert.deepEqual(texts, ref, reason);
+        // the next turn resumes from the rewritten (healthy) blob again
+        const after = await post(srv.url, "/v1/completions", {
           model: M,
-          prompt: turns[i],
-          max_tokens: 30,
+          prompt: "And",
+          max_tokens: 4,
           temperature: 0,
           session_id: id,
         });
-        assert.equal(r.status, 200, r.text);
-        texts.push(r.json.choices[0].text);
-        if (i === 2) {
-          assert.equal(r.json.kv.rebuilt, "checksum");
-          assert.equal(r.json.usage.prompt_tokens_details.cached_tokens, 0);
-        }
+        assert.equal(after.json.kv.rebuilt, null);
+        assert.ok(after.json.usage.prompt_tokens_details.cached_tokens > 0);
+        const metrics = await get(srv.url, "/metrics");
+        assert.match(
+          metrics.text,
+          new RegExp(`lethe_session_cache_rebuilds_total\\{reason="${reason}"\\} 1`),
+        );
+      } finally {
+        await srv.shutdown();
       }
-      assert.deepEqual(texts, ref);
-      // the next turn resumes from the rewritten (healthy) blob again
-      const after = await post(srv.url, "/v1/completions", {
-        model: M,
-        prompt: "And",
-        max_tokens: 4,
-        temperature: 0,
-        session_id: id,
-      });
-      assert.equal(after.json.kv.rebuilt, null);
-      assert.ok(after.json.usage.prompt_tokens_details.cached_tokens > 0);
-    } finally {
-      await srv.shutdown();
     }
   },
 );

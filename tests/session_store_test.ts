@@ -10,6 +10,8 @@ import { openStore, type SessionRecord, type SessionStore } from "../src/session
 import { DenoKvSessionStore } from "../src/session/stores/deno_kv.ts";
 import { MemorySessionStore } from "../src/session/stores/memory.ts";
 import { RedisSessionStore } from "../src/session/stores/redis.ts";
+import { freePort } from "../src/client/net.ts";
+import { startRedis } from "./support/redis.ts";
 
 function rng(seed: number): () => number {
   let a = seed | 0;
@@ -234,6 +236,33 @@ async function suite(t: Deno.TestContext, h: Harness): Promise<void> {
     }
   });
 
+  await t.step("leases are renewed by their holder only; an expired lease cannot be renewed", async () => {
+    const other = await h.second();
+    try {
+      const a = (await store.acquireLease("R", 250))!;
+      assert.ok(a);
+      assert.equal(await other.renewLease("R", "not-the-token", 10_000), false);
+      // Renewing keeps it held past its first expiry.
+      for (let i = 0; i < 4; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        assert.equal(await store.renewLease("R", a, 250), true, `renewal ${i}`);
+      }
+      assert.equal(await other.acquireLease("R", 10_000), null, "renewed past the first 250 ms");
+      // Not renewed: it expires, and the old holder can no longer renew it, whether or not it was taken.
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(await store.renewLease("R", a, 10_000), false, "expired, not taken");
+      const b = (await other.acquireLease("R", 10_000))!;
+      assert.ok(b);
+      assert.equal(await store.renewLease("R", a, 10_000), false, "taken by another");
+      assert.equal(await other.renewLease("R", b, 10_000), true);
+      await other.releaseLease("R", b);
+      assert.equal(await other.renewLease("R", b, 10_000), false, "released");
+      await assert.rejects(() => store.renewLease("R", b, 0), /ttl/);
+    } finally {
+      if (other !== store) await other.close();
+    }
+  });
+
   await t.step("delete removes the record and all its data", async () => {
     assert.equal(await store.put(rec("del", 1, blobOf(11, 700_000)), 0), true);
     assert.equal(await store.put(rec("del", 2, blobOf(12, 650_000)), 1), true);
@@ -313,54 +342,6 @@ Deno.test("session store: Deno KV (temp sqlite file)", async (t) => {
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function startRedis(): Promise<{ url: string; stop: () => Promise<void> }> {
-  const port = freePort();
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command("redis-server", {
-      args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(
-        "redis-server is not installed (not on PATH): run scripts/setup.sh, then rerun the tests",
-      );
-    }
-    throw e;
-  }
-  const stop = async () => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already exited */ }
-    await child.stderr.cancel();
-    await child.status;
-  };
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      const c = await Deno.connect({ hostname: "127.0.0.1", port });
-      c.close();
-      break;
-    } catch {
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`redis-server did not start on port ${port} within 10 s`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return { url: `redis://127.0.0.1:${port}`, stop };
-}
 
 Deno.test({
   name: "session store: Redis (real redis-server child process)",

@@ -2,7 +2,8 @@
 // checking the status, the content type, generated text, the usage chunk and the final `data: [DONE]`.
 //
 //   k6 run loadtest/k6/chat_stream.js
-//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... VUS=8 ITERATIONS=20 DURATION=2m k6 run loadtest/k6/chat_stream.js
+//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... MODEL=stories260K VUS=8 ITERATIONS=20 DURATION=2m k6 run loadtest/k6/chat_stream.js
+// (MODEL defaults to the first model of the server's GET /v1/models.)
 //
 // Same scenario (parameters, requests, checks) as `deno task load --scenario chat_stream`.
 // Custom metrics: `ttft` (Trend, time), `tokens_per_second` (Trend, per request), `generated_tokens`.
@@ -12,6 +13,7 @@
 // the Deno driver times the first content delta itself, and the server exports its own histogram
 // (lethe_time_to_first_token_seconds on /metrics).
 import { chatStream } from "./requests.js";
+export { setup } from "./requests.js";
 import { PROMPTS, SCENARIOS } from "./scenarios.js";
 
 const S = SCENARIOS.chat_stream;
@@ -29,6 +31,6 @@ export const options = {
   thresholds: S.thresholds,
 };
 
-export default function () {
-  chatStream(PROMPTS[(__VU + __ITER) % PROMPTS.length], P);
+export default function (data) {
+  chatStream(PROMPTS[(__VU + __ITER) % PROMPTS.length], Object.assign({ model: data.model }, P));
 }

@@ -2,10 +2,12 @@
 // (failed-request rate, check pass rate, p95 request duration, p95 ttft). k6 exits 99 when one is crossed.
 //
 //   k6 run loadtest/k6/mixed.js
-//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... DURATION=3m k6 run loadtest/k6/mixed.js
+//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... MODEL=stories260K DURATION=3m k6 run loadtest/k6/mixed.js
+// (MODEL defaults to the first model of the server's GET /v1/models.)
 //
 // Same scenario as `deno task load --scenario mixed`.
 import { chatStream, completion, multiturnSession } from "./requests.js";
+export { setup } from "./requests.js";
 import { PROMPTS, SCENARIOS } from "./scenarios.js";
 
 const S = SCENARIOS.mixed;
@@ -32,22 +34,25 @@ export const options = {
   thresholds: S.thresholds,
 };
 
-export function chatStreamPart() {
+export function chatStreamPart(data) {
   chatStream(PROMPTS[(__VU + __ITER) % PROMPTS.length], {
+    model: data.model,
     max_tokens: S.parts.chat_stream.max_tokens,
     temperature: 0,
   });
 }
 
-export function completionsPart() {
+export function completionsPart(data) {
   completion(PROMPTS[(__VU + __ITER) % PROMPTS.length], {
+    model: data.model,
     max_tokens: S.parts.completions.max_tokens,
     temperature: 0,
   });
 }
 
-export function sessionsPart() {
+export function sessionsPart(data) {
   multiturnSession(__VU, {
+    model: data.model,
     turns: S.parts.multiturn_sessions.turns,
     max_tokens: S.parts.multiturn_sessions.max_tokens,
     temperature: 0,

@@ -3,10 +3,12 @@
 // new message (prompt_tokens - cached_tokens stays small); then deletes the session.
 //
 //   k6 run loadtest/k6/multiturn_sessions.js
-//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... VUS=8 TURNS=6 KV_POLICY='{"name":"lethe"}' k6 run loadtest/k6/multiturn_sessions.js
+//   BASE_URL=http://127.0.0.1:8080 API_KEY=sk-... MODEL=stories260K VUS=8 TURNS=6 KV_POLICY='{"name":"lethe"}' k6 run loadtest/k6/multiturn_sessions.js
+// (MODEL defaults to the first model of the server's GET /v1/models; KV_POLICY is the API's JSON form.)
 //
 // Same scenario as `deno task load --scenario multiturn_sessions`.
 import { multiturnSession } from "./requests.js";
+export { setup } from "./requests.js";
 import { SCENARIOS } from "./scenarios.js";
 
 const S = SCENARIOS.multiturn_sessions;
@@ -30,6 +32,6 @@ export const options = {
   thresholds: S.thresholds,
 };
 
-export default function () {
-  multiturnSession(__VU, P);
+export default function (data) {
+  multiturnSession(__VU, Object.assign({ model: data.model }, P));
 }

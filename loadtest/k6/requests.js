@@ -10,6 +10,7 @@ import {
   completionBody,
   headers,
   parseSSE,
+  pickModel,
   responseView,
   SESSION_CREATE_CHECKS,
   SESSION_DELETE_CHECKS,
@@ -21,6 +22,16 @@ import {
 
 export const BASE_URL = (__ENV.BASE_URL || "http://127.0.0.1:8080").replace(/\/+$/, "");
 export const API_KEY = __ENV.API_KEY || __ENV.LETHE_API_KEY || "";
+
+/**
+ * k6 `setup()` (re-exported by every script): the model id the requests name — MODEL, else the first id of
+ * the server's `GET /v1/models` — handed to each iteration as `data.model`.
+ */
+export function setup() {
+  if (__ENV.MODEL) return { model: __ENV.MODEL };
+  const res = http.get(`${BASE_URL}/v1/models`, { headers: headers(API_KEY), tags: { name: "models" } });
+  return { model: pickModel("", res.body) };
+}
 
 // Custom metrics (created in the init context of every script importing this module).
 const ttft = new Trend("ttft", true);

@@ -1,11 +1,12 @@
 // Shared by the k6 scripts (chat_stream.js, multiturn_sessions.js, mixed.js) and the Deno driver
-// (loadtest/driver.ts): scenario parameters, request bodies, the SSE parser and the check predicates.
-// Plain ES module with no k6 imports, so both runtimes load the very same definitions: a scenario run by
-// `k6 run` and by `deno task load` sends the same requests and applies the same checks.
+// (loadtest/driver.ts): scenario parameters, request bodies and the check predicates; the wire format
+// (headers, SSE parsing) is src/client/wire.js, which every client of the service shares. Plain ES modules
+// with no k6 imports, so both runtimes load the very same definitions: a scenario run by `k6 run` and by
+// `deno task load` sends the same requests and applies the same checks.
 // (Written in conservative ES2017 so every k6 version's JavaScript engine runs it.)
+import { headers, parseSSE } from "../../src/client/wire.js";
 
-/** Model id the service answers to (the story model served by `deno task start`). */
-export const MODEL = "stories260K";
+export { headers, parseSSE };
 
 /** First-turn prompts (story openings); VU v, iteration i uses PROMPTS[(v + i) % length]. */
 export const PROMPTS = [
@@ -87,17 +88,32 @@ export function parseDuration(d) {
   return unit === "ms" ? v : unit === "s" ? v * 1000 : unit === "m" ? v * 60000 : v * 3600000;
 }
 
-/** Request headers (Bearer auth when an API key is given). */
-export function headers(apiKey) {
-  const h = { "content-type": "application/json" };
-  if (apiKey) h["authorization"] = "Bearer " + apiKey;
-  return h;
+/**
+ * The model every request names: `model` if given (MODEL / --model), else the first id of `GET /v1/models`
+ * (`modelsBody`: that response's body), so the scripts run against whatever model the server serves.
+ */
+export function pickModel(model, modelsBody) {
+  if (model) return model;
+  let j = null;
+  try {
+    j = JSON.parse(modelsBody);
+  } catch (_e) {
+    j = null;
+  }
+  const id = j && j.data && j.data[0] && j.data[0].id;
+  if (typeof id !== "string") {
+    throw new Error(
+      "cannot tell the model id: set MODEL, or let GET /v1/models answer (got " +
+        String(modelsBody).slice(0, 80) + ")",
+    );
+  }
+  return id;
 }
 
 /** Body of a streaming chat completion. */
 export function chatStreamBody(prompt, p) {
   return {
-    model: MODEL,
+    model: p.model,
     messages: [{ role: "user", content: prompt }],
     max_tokens: p.max_tokens,
     temperature: p.temperature === undefined ? 0 : p.temperature,
@@ -109,7 +125,7 @@ export function chatStreamBody(prompt, p) {
 /** Body of a non-streaming legacy completion. */
 export function completionBody(prompt, p) {
   return {
-    model: MODEL,
+    model: p.model,
     prompt: prompt,
     max_tokens: p.max_tokens,
     temperature: p.temperature === undefined ? 0 : p.temperature,
@@ -120,64 +136,12 @@ export function completionBody(prompt, p) {
 export function sessionTurnBody(sessionId, turn, vu, p) {
   const content = turn === 0 ? PROMPTS[vu % PROMPTS.length] : FOLLOWUPS[(turn - 1) % FOLLOWUPS.length];
   return {
-    model: MODEL,
+    model: p.model,
     session_id: sessionId,
     messages: [{ role: "user", content: content }],
     max_tokens: p.max_tokens,
     temperature: p.temperature === undefined ? 0 : p.temperature,
   };
-}
-
-/**
- * Parse an SSE body ("data: …\n\n" events). Returns the text of the content deltas, the usage/kv objects
- * from the include_usage chunk, whether the stream ended with `data: [DONE]`, and any error event.
- */
-export function parseSSE(body) {
-  /** @type {{events: number, text: string, contentEvents: number, usage: any, kv: any, done: boolean, error: string | null}} */
-  const out = { events: 0, text: "", contentEvents: 0, usage: null, kv: null, done: false, error: null };
-  const lines = String(body || "").split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    if (line.indexOf("data: ") !== 0) continue;
-    const data = line.slice(6);
-    out.events++;
-    if (data === "[DONE]") {
-      out.done = true;
-      continue;
-    }
-    out.done = false; // [DONE] must be the last event
-    let ev;
-    try {
-      ev = JSON.parse(data);
-    } catch (_e) {
-      out.error = "malformed event";
-      continue;
-    }
-    if (ev.error) out.error = ev.error.message || "error event";
-    if (ev.usage) out.usage = ev.usage;
-    if (ev.kv) out.kv = ev.kv;
-    const ch = ev.choices && ev.choices[0];
-    if (ch) {
-      const piece = ch.delta ? ch.delta.content : ch.text;
-      if (piece) {
-        out.text += piece;
-        out.contentEvents++;
-      }
-    }
-  }
-  return out;
-}
-
-/** True when `s` is the first chunk carrying generated text (used by the driver to time TTFT). */
-export function hasContentDelta(eventData) {
-  if (eventData === "[DONE]") return false;
-  try {
-    const ev = JSON.parse(eventData);
-    const ch = ev.choices && ev.choices[0];
-    return !!(ch && ((ch.delta && ch.delta.content) || ch.text));
-  } catch (_e) {
-    return false;
-  }
 }
 
 function safeJson(body) {

@@ -15,15 +15,19 @@
  *                         [--model PATH] [--backend auto] [--text FILE] [--max-batch 16] [--json OUT]
  *                         [--kv-precision f32|f16|int8]
  *
- * `--policy` is repeatable: a name (`lethe`) or a JSON spec (`{"name":"lethe","mode":"fixed","budget":64}`).
+ * `--policy` is repeatable, in the one KV-policy spec syntax (src/kv/policy_spec.ts): `lethe`,
+ * `lethe:mode=fixed,budget=64` or `{"name":"lethe","mode":"fixed","budget":64}`. Requests go through the
+ * service's HTTP/SSE client (src/client/http.ts) and name the model the server reports on `GET /v1/models`.
  * `--kv-precision` (default f16, the server's default) is passed to the server: it sets the stored snapshot
  * precision and the live KV cache precision (f32 → f32 cache; f16 and int8 → f16 cache).
  */
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { REPO_ROOT } from "../model/loader.ts";
-
-const MODEL_ID = "stories260K";
+import { Client } from "../client/http.ts";
+import { mean, quantile } from "../client/stats.ts";
+import { type ServerProcess, startServerProcess } from "../client/server_process.ts";
+import { parsePolicyText, PolicySpecSyntaxError } from "../kv/policy_spec.ts";
 
 /** The resume probe's new message: short, so the probe times loading the history, not prefilling news. */
 const PROBE_MESSAGE = "Then they went home.";
@@ -53,33 +57,12 @@ interface TurnResult {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Server subprocess
+// Server and requests
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
-interface ServerProc {
-  url: string;
-  backend: string;
-  stop(): Promise<void>;
-}
-
-async function startServer(
+function startServer(
   o: { model?: string; backend: string; kvPrecision: string; maxBatch: number; dir: string },
-): Promise<ServerProc> {
-  const port = freePort();
+): Promise<ServerProcess> {
   const args = [
-    "run",
-    "-A",
-    resolve(REPO_ROOT, "src/server/main.ts"),
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
     "--store",
     `denokv:${resolve(o.dir, "sessions.sqlite")}`,
     "--backend",
@@ -92,157 +75,37 @@ async function startServer(
     "warn",
   ];
   if (o.model) args.push("--model", resolve(o.model));
-  const logPath = resolve(o.dir, "server.log");
-  const log = await Deno.open(logPath, { write: true, create: true, truncate: true });
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: REPO_ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  // Keep the pipes drained into the log file.
-  const drain = Promise.all([
-    child.stdout.pipeTo(log.writable, { preventClose: true }).catch(() => {}),
-    child.stderr.pipeTo((await Deno.open(logPath, { append: true })).writable).catch(() => {}),
-  ]);
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
+  return startServerProcess({ args, logPath: resolve(o.dir, "server.log") }).catch((e) => {
+    throw new BenchError((e as Error).message);
   });
-  const url = `http://127.0.0.1:${port}`;
-  const t0 = Date.now();
-  let backend = "?";
-  while (true) {
-    if (exited) {
-      await drain;
-      const tail = (await Deno.readTextFile(logPath)).trim().split("\n").slice(-3).join(" | ");
-      throw new BenchError(`the server exited during startup: ${tail}`);
-    }
-    try {
-      const r = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(1000) });
-      if (r.ok) {
-        backend = (await r.json()).backend;
-        break;
-      }
-      await r.body?.cancel();
-    } catch { /* not listening yet */ }
-    if (Date.now() - t0 > 60_000) {
-      child.kill("SIGKILL");
-      throw new BenchError("the server did not become ready within 60 s");
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return {
-    url,
-    backend,
-    stop: async () => {
-      if (!exited) {
-        try {
-          child.kill("SIGTERM");
-        } catch { /* gone */ }
-        const timer = setTimeout(() => {
-          try {
-            child.kill("SIGKILL");
-          } catch { /* gone */ }
-        }, 15_000);
-        await status;
-        clearTimeout(timer);
-      }
-      await drain;
-      try {
-        log.close();
-      } catch { /* closed */ }
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Requests
-
-async function postJson(
-  url: string,
-  body: unknown,
-): Promise<{ status: number; json: Record<string, unknown> }> {
-  const r = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(120_000),
-  });
-  return { status: r.status, json: await r.json() };
 }
 
 /** One streaming chat completion, timed: TTFT = first SSE event with generated text. */
-async function chatTurn(base: string, body: Record<string, unknown>): Promise<TurnResult> {
-  const t0 = performance.now();
-  const res = await fetch(`${base}/v1/chat/completions`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
-    signal: AbortSignal.timeout(300_000),
-  });
+async function chatTurn(http: Client, body: Record<string, unknown>): Promise<TurnResult> {
+  const r = await http.post("/v1/chat/completions", {
+    ...body,
+    stream: true,
+    stream_options: { include_usage: true },
+  }, { stream: true });
+  const sse = r.sse;
   const out: TurnResult = {
-    status: res.status,
-    ttftMs: null,
-    latencyMs: 0,
-    usage: null,
-    kv: null,
-    text: "",
-    error: null,
+    status: r.status,
+    ttftMs: sse?.ttftMs ?? null,
+    latencyMs: r.ms,
+    usage: sse?.usage ?? null,
+    kv: sse?.kv ?? null,
+    text: sse?.text ?? "",
+    error: sse ? sse.error : r.text.slice(0, 200),
   };
-  if (res.status !== 200 || !res.body) {
-    out.error = (await res.text()).slice(0, 200);
-    out.latencyMs = performance.now() - t0;
-    return out;
-  }
-  const dec = new TextDecoder();
-  let pending = "";
-  let done = false;
-  for await (const chunk of res.body) {
-    pending += dec.decode(chunk, { stream: true });
-    const lines = pending.split("\n");
-    pending = lines.pop() ?? "";
-    for (const line of lines) {
-      if (!line.startsWith("data: ")) continue;
-      const data = line.slice(6);
-      if (data === "[DONE]") {
-        done = true;
-        continue;
-      }
-      const ev = JSON.parse(data);
-      if (ev.error) out.error = ev.error.message;
-      if (ev.usage) out.usage = ev.usage;
-      if (ev.kv) out.kv = ev.kv;
-      const piece = ev.choices?.[0]?.delta?.content;
-      if (piece) {
-        if (out.ttftMs === null) out.ttftMs = performance.now() - t0;
-        out.text += piece;
-      }
-    }
-  }
-  out.latencyMs = performance.now() - t0;
-  if (!done && !out.error) out.error = "stream ended without [DONE]";
+  if (sse && !sse.done && !out.error) out.error = "stream ended without [DONE]";
   return out;
 }
-
-// ---------------------------------------------------------------------------------------------------------
-// Statistics
-
-function quantile(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const pos = (s.length - 1) * p;
-  const lo = Math.floor(pos);
-  return s[lo] + (s[Math.ceil(pos)] - s[lo]) * (pos - lo);
-}
-const mean = (xs: number[]) => xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN;
 
 // ---------------------------------------------------------------------------------------------------------
 // The benchmark
 
 interface BenchConfig {
+  model: string;
   sessions: number;
   turns: number;
   newTokens: number;
@@ -296,15 +159,15 @@ function userMessage(cfg: BenchConfig, session: number, turn: number): string {
 }
 
 async function runPolicy(
-  base: string,
+  http: Client,
   cfg: BenchConfig,
   policy: Record<string, unknown>,
 ): Promise<PolicyResult> {
   const ids: string[] = [];
   for (let s = 0; s < cfg.sessions; s++) {
-    const r = await postJson(`${base}/v1/sessions`, { kv_policy: policy });
-    if (r.status !== 201) throw new BenchError(`POST /v1/sessions: ${r.status} ${JSON.stringify(r.json)}`);
-    ids.push(r.json.id as string);
+    const r = await http.post("/v1/sessions", { kv_policy: policy });
+    if (r.status !== 201) throw new BenchError(`POST /v1/sessions: ${r.status} ${r.text.slice(0, 200)}`);
+    ids.push(r.json!.id as string);
   }
   const convs: Msg[][] = ids.map(() => []);
   const results: TurnResult[][] = ids.map(() => []);
@@ -312,8 +175,8 @@ async function runPolicy(
   await Promise.all(ids.map(async (id, s) => {
     for (let t = 0; t < cfg.turns; t++) {
       const content = userMessage(cfg, s, t);
-      const r = await chatTurn(base, {
-        model: MODEL_ID,
+      const r = await chatTurn(http, {
+        model: cfg.model,
         session_id: id,
         messages: [{ role: "user", content }],
         max_tokens: cfg.newTokens,
@@ -358,9 +221,9 @@ async function runPolicy(
     kv: { kept_per_layer: number[]; stored_bytes: number; pruning_rounds: number };
   }[] = [];
   for (const id of ids) {
-    const r = await fetch(`${base}/v1/sessions/${id}`);
-    if (!r.ok) throw new BenchError(`GET /v1/sessions/${id}: ${r.status}`);
-    infos.push(await r.json());
+    const r = await http.get(`/v1/sessions/${id}`);
+    if (r.status !== 200) throw new BenchError(`GET /v1/sessions/${id}: ${r.status}`);
+    infos.push(r.json as (typeof infos)[number]);
   }
   const nLayers = infos[0].kv.kept_per_layer.length;
   const keptMean = Array.from({ length: nLayers }, (_, l) => mean(infos.map((i) => i.kv.kept_per_layer[l])));
@@ -375,16 +238,16 @@ async function runPolicy(
     if (results[s].some((r) => r.error !== null)) continue;
     const content = PROBE_MESSAGE;
     const withSession = () =>
-      chatTurn(base, {
-        model: MODEL_ID,
+      chatTurn(http, {
+        model: cfg.model,
         session_id: ids[s],
         messages: [{ role: "user", content }],
         max_tokens: 1,
         temperature: 0,
       });
     const withoutSession = () =>
-      chatTurn(base, {
-        model: MODEL_ID,
+      chatTurn(http, {
+        model: cfg.model,
         messages: [...convs[s], { role: "user", content }],
         kv_policy: policy,
         max_tokens: 1,
@@ -401,7 +264,7 @@ async function runPolicy(
   for (const r of [...resumed, ...fresh]) {
     if (r.error) throw new BenchError(`resume probe failed: ${r.status} ${r.error}`);
   }
-  for (const id of ids) await (await fetch(`${base}/v1/sessions/${id}`, { method: "DELETE" })).body?.cancel();
+  for (const id of ids) await http.delete(`/v1/sessions/${id}`);
   const prefilled = (r: TurnResult) => r.usage!.prompt_tokens - r.usage!.prompt_tokens_details.cached_tokens;
   const ttfts = ok.map((r) => r.ttftMs).filter((x): x is number => x !== null);
   return {
@@ -479,14 +342,11 @@ function formatTable(rows: PolicyResult[], cfg: BenchConfig): string {
 }
 
 function parsePolicy(raw: string): Record<string, unknown> {
-  const s = raw.trim();
-  if (!s.startsWith("{")) return { name: s };
   try {
-    const p = JSON.parse(s);
-    if (typeof p?.name !== "string") throw new Error();
-    return p;
-  } catch {
-    throw new BenchError(`--policy: expected a name or a JSON object with "name" (got ${s.slice(0, 80)})`);
+    return parsePolicyText(raw);
+  } catch (e) {
+    if (e instanceof PolicySpecSyntaxError) throw new BenchError(`--policy: ${e.message}`);
+    throw e;
   }
 }
 
@@ -530,6 +390,7 @@ async function main(args: string[]): Promise<number> {
     return n;
   };
   const cfg: BenchConfig = {
+    model: "",
     sessions: int("sessions", v.sessions, 1, 256),
     turns: int("turns", v.turns, 1, 64),
     newTokens: int("new-tokens", v["new-tokens"], 1, 1024),
@@ -543,16 +404,18 @@ async function main(args: string[]): Promise<number> {
     throw new BenchError(`--kv-precision must be f32, f16 or int8 (got ${kvPrecision})`);
   }
   const dir = await Deno.makeTempDir({ prefix: "lethe-bench-serve-" });
-  let server: ServerProc | null = null;
+  let server: ServerProcess | null = null;
   try {
     server = await startServer({ model: v.model, backend: v.backend, kvPrecision, maxBatch, dir });
+    const http = new Client(server.url, { timeoutMs: 300_000 });
+    cfg.model = await http.modelId();
     console.log(
-      `bench:serve: ${server.url} backend=${server.backend}; ${cfg.sessions} sessions × ${cfg.turns} turns × ` +
+      `bench:serve: ${server.url} model=${cfg.model} backend=${server.backend}; ${cfg.sessions} sessions × ${cfg.turns} turns × ` +
         `${cfg.newTokens} new tokens (greedy, streaming), max batch ${maxBatch}, KV ${kvPrecision}, ` +
         `Deno KV store in ${dir}`,
     );
     // Warm-up (JIT, allocator, store paths) so the first policy is not penalized.
-    await runPolicy(server.url, {
+    await runPolicy(http, {
       ...cfg,
       sessions: Math.min(2, cfg.sessions),
       turns: 2,
@@ -564,7 +427,7 @@ async function main(args: string[]): Promise<number> {
     const rows: PolicyResult[] = [];
     for (const p of cfg.policies) {
       const t0 = performance.now();
-      rows.push(await runPolicy(server.url, cfg, p));
+      rows.push(await runPolicy(http, cfg, p));
       console.error(`  ${policyLabel(p)} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     }
     console.log(formatTable(rows, cfg));

@@ -1,82 +1,73 @@
 /**
- * OpenAI-shaped API errors: every error response of the service is
- * `{ error: { message, type, param, code } }` with the matching HTTP status. Never a stack trace.
+ * Typed errors of the service. Domain code (inference, turns, sessions, auth, rate limits) throws these and
+ * knows nothing of HTTP; `http/errors.ts` maps each kind to a status and the OpenAI error body, once, at the
+ * edge.
  */
 
-export type ErrorType =
-  | "invalid_request_error"
-  | "authentication_error"
-  | "permission_error"
-  | "not_found_error"
-  | "conflict_error"
-  | "rate_limit_error"
-  | "server_error"
-  | "service_unavailable"
-  | "timeout_error";
+/** What went wrong, in the service's terms (each kind has exactly one HTTP mapping). */
+export type ErrorKind =
+  | "invalid" // the request is wrong: a bad value, a prompt that does not fit, a policy mismatch
+  | "unauthenticated" // no or a wrong API key
+  | "not_found" // unknown model, session or route (also another key's session)
+  | "conflict" // the session is busy, or changed underneath this turn
+  | "too_large" // the request body exceeds the limit
+  | "rate_limited" // the queue is full or the key's rate is exceeded (retry later)
+  | "cancelled" // the client went away
+  | "internal" // a fault of the service or its store
+  | "unavailable" // not ready yet, or draining for shutdown (retry later)
+  | "timeout"; // the request did not finish in time
 
-export interface ErrorBody {
-  error: { message: string; type: ErrorType; param: string | null; code: string | null };
-}
-
-export class ApiError extends Error {
+export class ServiceError extends Error {
   constructor(
-    readonly status: number,
-    readonly type: ErrorType,
+    readonly kind: ErrorKind,
     message: string,
+    /** The request field at fault (OpenAI `param`), if one is. */
     readonly param: string | null = null,
+    /** A stable machine-readable code (`session_busy`, `queue_full`, …). */
     readonly code: string | null = null,
-    /** Extra response headers (e.g. Retry-After). */
-    readonly headers: Record<string, string> = {},
+    /** When the client may retry (rate_limited, unavailable). */
+    readonly retryAfterSec?: number,
   ) {
     super(message);
-    this.name = "ApiError";
-  }
-
-  body(): ErrorBody {
-    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
-  }
-
-  toResponse(extraHeaders: Record<string, string> = {}): Response {
-    return new Response(JSON.stringify(this.body()), {
-      status: this.status,
-      headers: { "content-type": "application/json", ...this.headers, ...extraHeaders },
-    });
+    this.name = "ServiceError";
   }
 }
 
-export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
-  new ApiError(400, "invalid_request_error", message, param, code);
+export const invalid = (message: string, param: string | null = null, code: string | null = null) =>
+  new ServiceError("invalid", message, param, code);
 
 export const notFound = (message: string, param: string | null = null, code: string | null = null) =>
-  new ApiError(404, "not_found_error", message, param, code);
+  new ServiceError("not_found", message, param, code);
 
-export const unauthorized = (message: string) =>
-  new ApiError(401, "authentication_error", message, null, "invalid_api_key");
+export const conflict = (message: string, param: string | null, code: string) =>
+  new ServiceError("conflict", message, param, code);
 
-export const tooMany = (message: string, retryAfterSec: number, code: string) =>
-  new ApiError(429, "rate_limit_error", message, null, code, {
-    "retry-after": String(Math.max(1, Math.ceil(retryAfterSec))),
-  });
+export const unauthenticated = (message: string) =>
+  new ServiceError("unauthenticated", message, null, "invalid_api_key");
+
+export const rateLimited = (message: string, retryAfterSec: number, code: string) =>
+  new ServiceError("rate_limited", message, null, code, retryAfterSec);
 
 export const unavailable = (message: string, code = "not_ready") =>
-  new ApiError(503, "service_unavailable", message, null, code, { "retry-after": "5" });
+  new ServiceError("unavailable", message, null, code, 5);
 
-export const internal = (message = "internal server error") =>
-  new ApiError(500, "server_error", message, null, "internal_error");
+export const shuttingDown = () => unavailable("The server is shutting down.", "shutting_down");
 
-/** Turn zod issues into one 400 naming the offending field (`messages.0.content`). */
-export function fromZodIssues(
-  issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string; code?: string }>,
-  target: string,
-): ApiError {
-  const first = issues[0];
-  const path = first?.path?.map((p) => String(p)).join(".") ?? "";
-  const param = path || null;
-  const where = param ? `'${param}'` : target === "json" ? "request body" : target;
-  const message = first ? `Invalid ${where}: ${first.message}` : `Invalid ${target}`;
-  return badRequest(
-    message,
-    param,
-    first?.code === "unrecognized_keys" ? "unknown_parameter" : "invalid_value",
+export const internal = (
+  message = "internal server error",
+  param: string | null = null,
+  code = "internal_error",
+) => new ServiceError("internal", message, param, code);
+
+export const cancelled = () => new ServiceError("cancelled", "The request was cancelled.", null, "cancelled");
+
+export const timedOut = (ms: number) =>
+  new ServiceError("timeout", `The request did not finish within ${ms} ms.`, null, "timeout");
+
+/** A session's turn is refused while another one holds its lease. */
+export const sessionBusy = (id: string) =>
+  conflict(
+    `Session '${id}' is busy: another turn is in progress. Wait for it to finish, then retry.`,
+    "session_id",
+    "session_busy",
   );
-}

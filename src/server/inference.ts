@@ -1,22 +1,20 @@
 /**
- * One generation request, end to end: prompt → tokens (session: only the new ones) → Sequence → scheduler →
- * text events → (session) commit → usage + kv stats. Used by the chat and completions routes.
+ * One generation request: open a turn (turn.ts) → plan its prompt → its sequence → the scheduler → commit.
+ * Used by the chat and completions routes; knows nothing of HTTP (errors are errors.ts kinds).
  *
  * Context limits: the new prompt tokens must fit `maxPromptTokens`; the whole sequence (stored history + new
  * tokens + max_tokens) must fit the model's context length (positions keep counting across turns even when
  * pruning keeps the cache small). Without an explicit max_tokens the budget is clamped to what fits.
  */
-import { Sequence } from "../engine/sequence.ts";
 import type { SamplingParams } from "../engine/sampler.ts";
-import { QueueFullError, type Scheduler, SchedulerClosedError } from "../engine/scheduler.ts";
+import type { Sequence } from "../engine/sequence.ts";
+import { type JobResult, QueueFullError, type Scheduler, SchedulerClosedError } from "../engine/scheduler.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { LoadedModel } from "../model/loader.ts";
-import type { KVPolicy } from "../kv/policy.ts";
-import type { SequenceKV } from "../kv/cache.ts";
-import { type ChatMessage, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
-import { ApiError, badRequest, tooMany, unavailable } from "./errors.ts";
-import type { SessionService, TurnState } from "./sessions.ts";
-import { validatePolicySpec } from "./sessions.ts";
+import type { ChatRenderer } from "./chat_prompt.ts";
+import { cancelled, invalid, rateLimited, shuttingDown, timedOut } from "./errors.ts";
+import type { SessionService } from "./session_service.ts";
+import { leaseLost, Turn, type TurnInput, type TurnPlan, validatePolicySpec } from "./turn.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
 
@@ -31,16 +29,17 @@ export interface GenerateParams {
   owner: string;
   endpoint: "chat" | "completions";
   sessionId?: string;
-  input: { kind: "text"; text: string } | { kind: "chat"; messages: ChatMessage[] };
+  input: TurnInput;
   maxTokens?: number;
   maxTokensParam: string;
   stop: string[];
   sampling: SamplingParams;
   policy?: unknown;
+  /** Produce `Generation.text` (a stream of the text as it becomes final). */
+  stream?: boolean;
   signal: AbortSignal;
   log: Logger;
   startedAt: number;
-  onText?: (text: string) => void;
 }
 
 export interface KVReport {
@@ -69,7 +68,10 @@ export interface GenerateResult {
   sessionId?: string;
 }
 
-export interface Started {
+export interface Generation {
+  /** With `stream`: the generated text as it becomes final; cancelling it cancels the generation. */
+  text: ReadableStream<string> | null;
+  /** Settles once the turn committed (or rejects with a ServiceError once it aborted). */
   done: Promise<GenerateResult>;
 }
 
@@ -85,228 +87,155 @@ export class Inference {
   ) {}
 
   /**
-   * Validate, tokenize, take the session lease and enqueue. Errors before generation starts (bad input,
-   * 404/409 session, 429 queue full, 503 shutting down) are thrown from here, so a streaming route can still
-   * answer with a proper HTTP status. `done` settles when the sequence has finished and (session) committed.
+   * Open the turn, plan it and enqueue its sequence. Errors before generation starts (bad input, session
+   * not found / busy, queue full, shutting down) are thrown from here, so a streaming route can still answer
+   * with a proper status; `done` settles when the sequence has finished and the turn committed.
    */
-  async start(p: GenerateParams): Promise<Started> {
-    if (this.scheduler.closed) throw unavailable("The server is shutting down.", "shutting_down");
-    const tok = this.model.tokenizer;
-    let turn: TurnState | null = null;
-    if (p.sessionId !== undefined) {
-      turn = await this.sessions.begin(p.owner, p.sessionId, p.policy, p.log);
-    }
-    try {
-      let policyInfo: { name: string; params: Record<string, unknown> };
-      let policy: KVPolicy;
-      let kv: SequenceKV | undefined;
-      let history: number[] = [];
-      let rebuilt: string | null = null;
-      let conversation: ChatMessage[] | null = null;
-      if (turn) {
-        policyInfo = turn.meta.policy;
-        policy = turn.policy;
-        kv = turn.kv;
-        history = turn.tokens;
-        rebuilt = turn.rebuilt;
-      } else {
-        policyInfo = p.policy === undefined || p.policy === null
+  async start(p: GenerateParams): Promise<Generation> {
+    if (this.scheduler.closed) throw shuttingDown();
+    const turn = p.sessionId === undefined
+      ? Turn.fresh(
+        { model: this.model, backend: this.backend, metrics: this.metrics },
+        p.policy === undefined || p.policy === null
           ? this.sessions.defaultPolicy
-          : validatePolicySpec(p.policy);
-        policy = this.sessions.newPolicy(policyInfo);
-      }
-
-      // Prompt tokens to feed this turn.
-      let newTokens: number[];
-      const bos = () => history.length === 0;
-      if (p.input.kind === "text") {
-        newTokens = p.input.text.length > 0 ? tok.encode(p.input.text, { addBos: bos() }) : [];
-      } else {
-        const msgs = p.input.messages;
-        const stored = turn?.messages ?? [];
-        if (turn && stored.length > 0 && sameMessage(msgs[0], stored[0])) {
-          // The client sent the whole conversation: reuse the stored cache if it is a prefix of it.
-          const isPrefix = msgs.length > stored.length && stored.every((m, i) => sameMessage(m, msgs[i]));
-          if (isPrefix) {
-            newTokens = tok.encode(this.renderer.continuationText(stored, msgs.slice(stored.length)));
-          } else {
-            p.log.info(
-              { session: turn.id },
-              "conversation diverges from the stored history; rebuilding the cache",
-            );
-            rebuilt = "history_diverged";
-            turn.kv.free();
-            kv = this.backend.createKV();
-            policy = this.sessions.newPolicy(policyInfo);
-            history = [];
-            newTokens = tok.encode(this.renderer.render(msgs), { addBos: true });
-          }
-          conversation = [...msgs];
-        } else if (turn && stored.length > 0) {
-          // Only the new messages were sent.
-          newTokens = tok.encode(this.renderer.continuationText(stored, msgs));
-          conversation = [...stored, ...msgs];
-        } else {
-          newTokens = tok.encode(this.renderer.render(msgs), { addBos: bos() });
-          conversation = [...msgs];
-        }
-      }
-      const promptParam = p.input.kind === "text" ? "prompt" : "messages";
-      if (newTokens.length === 0 && history.length === 0) {
-        throw badRequest("The prompt is empty.", promptParam, "empty_prompt");
-      }
-      if (newTokens.length > this.limits.maxPromptTokens) {
-        throw badRequest(
-          `The prompt has ${newTokens.length} tokens; the limit is ${this.limits.maxPromptTokens}.`,
-          promptParam,
-          "context_length_exceeded",
-        );
-      }
-      const ctx = this.model.config.contextLength;
-      const used = history.length + newTokens.length;
-      const room = ctx - used;
-      let maxTokens: number;
-      if (p.maxTokens !== undefined) {
-        if (p.maxTokens > room) {
-          throw badRequest(
-            `This model's context is ${ctx} tokens; the ${
-              turn ? "session history and " : ""
-            }prompt use ${used}, ` +
-              `so ${p.maxTokensParam} can be at most ${Math.max(0, room)} (got ${p.maxTokens}).`,
-            room <= 0 ? promptParam : p.maxTokensParam,
-            "context_length_exceeded",
-          );
-        }
-        maxTokens = p.maxTokens;
-      } else {
-        if (room < 1) {
-          throw badRequest(
-            `This model's context is ${ctx} tokens and the ${
-              turn ? "session history and " : ""
-            }prompt use ${used}.`,
-            promptParam,
-            "context_length_exceeded",
-          );
-        }
-        maxTokens = Math.min(this.limits.defaultMaxTokens, room);
-      }
-
-      const cached = kv?.nextPos ?? 0;
-      const seq = new Sequence(this.backend, tok, {
+          : validatePolicySpec(p.policy),
+      )
+      : await this.sessions.openTurn(p.owner, p.sessionId, { policy: p.policy, input: p.input, log: p.log });
+    try {
+      const plan = turn.plan(p.input, this.model.tokenizer, this.renderer);
+      const maxTokens = this.#maxTokens(plan, p, turn);
+      const seq = turn.sequence(plan, {
         maxTokens,
         stop: p.stop,
         sampling: p.sampling,
-        policy,
         prefillChunk: this.limits.prefillChunk,
-      }, kv ? { kv, tokens: history } : undefined);
-      const storedSampler = turn?.sampler as { params?: { seed?: number } } | undefined;
-      if (
-        storedSampler && !rebuilt &&
-        (p.sampling.seed === undefined || p.sampling.seed === storedSampler.params?.seed)
-      ) {
-        try {
-          seq.sampler.setState(storedSampler as Record<string, unknown>);
-        } catch { /* a fresh sampler is fine */ }
-      }
-      seq.feed(newTokens);
-      seq.start();
-      const promptTokens = seq.tokens.length;
-
-      let text = "";
-      let job;
-      try {
-        job = this.scheduler.submit(seq, {
-          signal: p.signal,
-          deadline: p.startedAt + this.limits.requestTimeoutMs,
-          onToken: (ev) => {
-            if (ev.text) {
-              text += ev.text;
-              p.onText?.(ev.text);
-            }
-          },
-        });
-      } catch (e) {
-        seq.kv.free();
-        if (e instanceof QueueFullError) throw tooMany(e.message, e.retryAfterSec, "queue_full");
-        if (e instanceof SchedulerClosedError) {
-          throw unavailable("The server is shutting down.", "shutting_down");
-        }
-        throw e;
-      }
-      const t = turn;
-      turn = null; // `done` owns the lease from here
-      const done = (async (): Promise<GenerateResult> => {
-        try {
-          const r = await job;
-          if (r.firstTokenAt !== undefined) {
-            this.metrics.ttftSeconds.observe({ endpoint: p.endpoint }, (r.firstTokenAt - p.startedAt) / 1000);
-          }
-          const st = seq.stats();
-          this.metrics.generatedTokens.inc(st.generatedTokens);
-          this.metrics.promptTokens.inc({ kind: "cached" }, cached);
-          this.metrics.promptTokens.inc({ kind: "prefilled" }, promptTokens - cached);
-          this.metrics.pruneRounds.inc(st.pruneRounds);
-          if (r.timedOut) {
-            throw new ApiError(
-              504,
-              "timeout_error",
-              `The request did not finish within ${this.limits.requestTimeoutMs} ms.`,
-              null,
-              "timeout",
-            );
-          }
-          if (r.finishReason === "cancelled") {
-            throw new ApiError(499, "invalid_request_error", "The request was cancelled.", null, "cancelled");
-          }
-          let storedBytes: number | null = null;
-          if (t) {
-            storedBytes = (await this.sessions.commit(
-              t,
-              seq,
-              conversation
-                ? [...conversation, {
-                  role: "assistant",
-                  content: text,
-                }]
-                : null,
-              p.log,
-            )).storedBytes;
-          }
-          return {
-            text,
-            finishReason: r.finishReason,
-            usage: {
-              prompt_tokens: promptTokens,
-              completion_tokens: st.generatedTokens,
-              total_tokens: promptTokens + st.generatedTokens,
-              prompt_tokens_details: { cached_tokens: cached },
-            },
-            kv: {
-              policy: policyInfo.name,
-              params: policyInfo.params,
-              kept_per_layer: st.keptPerLayer,
-              kv_bytes: st.kvBytes,
-              pruning_rounds: st.pruneRounds,
-              prune_ms: Math.round(st.pruneMs * 1000) / 1000,
-              stored_bytes: storedBytes,
-              prefilled_tokens: promptTokens - cached,
-              cached_tokens: cached,
-              rebuilt,
-            },
-            sessionId: t?.id,
-          };
-        } finally {
-          seq.kv.free();
-          if (t) await t.release();
-        }
-      })();
-      done.catch(() => {}); // observed by the route; avoid unhandled rejections if it is not
-      return { done };
-    } finally {
-      if (turn) {
-        turn.kv.free();
-        await turn.release();
-      }
+      });
+      return this.#run(turn, plan, seq, p);
+    } catch (e) {
+      await turn.abort();
+      throw e;
     }
+  }
+
+  /** The generation budget: max_tokens (or the default) checked against the prompt limit and the context. */
+  #maxTokens(plan: TurnPlan, p: GenerateParams, turn: Turn): number {
+    const promptParam = p.input.kind === "text" ? "prompt" : "messages";
+    const n = plan.newTokens.length;
+    if (n === 0 && turn.historyTokens === 0) {
+      throw invalid("The prompt is empty.", promptParam, "empty_prompt");
+    }
+    if (n > this.limits.maxPromptTokens) {
+      throw invalid(
+        `The prompt has ${n} tokens; the limit is ${this.limits.maxPromptTokens}.`,
+        promptParam,
+        "context_length_exceeded",
+      );
+    }
+    const ctx = this.model.config.contextLength;
+    const used = plan.promptTokens;
+    const room = ctx - used;
+    const what = turn.sessionId !== undefined ? "session history and " : "";
+    if (p.maxTokens !== undefined) {
+      if (p.maxTokens > room) {
+        throw invalid(
+          `This model's context is ${ctx} tokens; the ${what}prompt use ${used}, ` +
+            `so ${p.maxTokensParam} can be at most ${Math.max(0, room)} (got ${p.maxTokens}).`,
+          room <= 0 ? promptParam : p.maxTokensParam,
+          "context_length_exceeded",
+        );
+      }
+      return p.maxTokens;
+    }
+    if (room < 1) {
+      throw invalid(
+        `This model's context is ${ctx} tokens and the ${what}prompt use ${used}.`,
+        promptParam,
+        "context_length_exceeded",
+      );
+    }
+    return Math.min(this.limits.defaultMaxTokens, room);
+  }
+
+  /** Submit the sequence; the returned `done` commits the turn when it finishes (or aborts it). */
+  #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams): Generation {
+    const cancel = new AbortController();
+    let sink = null as ReadableStreamDefaultController<string> | null;
+    const text = p.stream
+      ? new ReadableStream<string>({
+        start: (c) => void (sink = c),
+        cancel: () => {
+          sink = null;
+          cancel.abort();
+        },
+      })
+      : null;
+    let reply = "";
+    let job: Promise<JobResult>;
+    try {
+      job = this.scheduler.submit(seq, {
+        signal: AbortSignal.any([p.signal, cancel.signal, turn.leaseLost]),
+        deadline: p.startedAt + this.limits.requestTimeoutMs,
+        onToken: (ev) => {
+          if (!ev.text) return;
+          reply += ev.text;
+          sink?.enqueue(ev.text);
+        },
+      });
+    } catch (e) {
+      if (e instanceof QueueFullError) throw rateLimited(e.message, e.retryAfterSec, "queue_full");
+      if (e instanceof SchedulerClosedError) throw shuttingDown();
+      throw e;
+    }
+    const done = (async (): Promise<GenerateResult> => {
+      try {
+        const r = await job;
+        const st = seq.stats();
+        this.#observe(r, st.generatedTokens, st.pruneRounds, plan, p);
+        if (r.timedOut) throw timedOut(this.limits.requestTimeoutMs);
+        if (r.finishReason === "cancelled") {
+          throw turn.leaseLost.aborted ? leaseLost(turn.sessionId!) : cancelled();
+        }
+        const storedBytes = await turn.commit(reply);
+        return {
+          text: reply,
+          finishReason: r.finishReason,
+          usage: {
+            prompt_tokens: plan.promptTokens,
+            completion_tokens: st.generatedTokens,
+            total_tokens: plan.promptTokens + st.generatedTokens,
+            prompt_tokens_details: { cached_tokens: plan.cached },
+          },
+          kv: {
+            policy: turn.policyChoice.name,
+            params: turn.policyChoice.params,
+            kept_per_layer: st.keptPerLayer,
+            kv_bytes: st.kvBytes,
+            pruning_rounds: st.pruneRounds,
+            prune_ms: Math.round(st.pruneMs * 1000) / 1000,
+            stored_bytes: storedBytes,
+            prefilled_tokens: plan.promptTokens - plan.cached,
+            cached_tokens: plan.cached,
+            rebuilt: turn.rebuilt,
+          },
+          sessionId: turn.sessionId,
+        };
+      } finally {
+        await turn.abort(); // a no-op after a commit
+        sink?.close();
+        sink = null;
+      }
+    })();
+    done.catch(() => {}); // observed by the route; avoid unhandled rejections if it is not
+    return { text, done };
+  }
+
+  #observe(r: JobResult, generated: number, pruneRounds: number, plan: TurnPlan, p: GenerateParams): void {
+    if (r.firstTokenAt !== undefined) {
+      this.metrics.ttftSeconds.observe({ endpoint: p.endpoint }, (r.firstTokenAt - p.startedAt) / 1000);
+    }
+    this.metrics.generatedTokens.inc(generated);
+    this.metrics.promptTokens.inc({ kind: "cached" }, plan.cached);
+    this.metrics.promptTokens.inc({ kind: "prefilled" }, plan.promptTokens - plan.cached);
+    this.metrics.pruneRounds.inc(pruneRounds);
   }
 }

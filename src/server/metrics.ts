@@ -91,7 +91,8 @@ export class Metrics {
     });
     this.cacheRebuilds = new client.Counter({
       name: "lethe_session_cache_rebuilds_total",
-      help: "Session caches rebuilt by re-prefilling the stored history",
+      help:
+        "Session caches rebuilt instead of resumed, by reason (history_diverged, or why the stored one was unusable)",
       labelNames: ["reason"],
       registers,
     });

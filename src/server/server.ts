@@ -10,14 +10,14 @@ import type { Backend } from "../engine/backend.ts";
 import { Scheduler } from "../engine/scheduler.ts";
 import { openStore, type SessionStore } from "../session/store.ts";
 import { liveKVPrecision, type ServerConfig } from "./config.ts";
-import { type AppDeps, createApp } from "./app.ts";
-import { ApiKeys } from "./auth.ts";
+import { type AppDeps, createApp } from "./http/app.ts";
+import { ApiKeys } from "./http/auth.ts";
 import { ChatRenderer } from "./chat_prompt.ts";
 import { Inference } from "./inference.ts";
-import { RateLimiter } from "./limits.ts";
+import { RateLimiter } from "./http/rate_limit.ts";
 import { createLogger, type Logger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
-import { SessionService } from "./sessions.ts";
+import { SessionService } from "./session_service.ts";
 
 export interface RunningServer {
   url: string;
@@ -40,6 +40,8 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
   const logger = opts.logger ?? createLogger(cfg.logLevel);
   const model = opts.model ?? await loadModel(cfg.model);
   const kvPrecision = liveKVPrecision(cfg.kvPrecision);
+  // The native CPU library reads its threading threshold from the environment when a model is created.
+  if (cfg.parallelWork !== undefined) Deno.env.set("LETHE_PARALLEL_WORK", String(cfg.parallelWork));
   const opened = opts.backend ?? await openBackend(model, cfg.backend, { kvPrecision });
   const backend = opened.backend;
   if (backend.kvPrecision !== kvPrecision) {
@@ -68,7 +70,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
     {
       precision: cfg.kvPrecision,
       defaultPolicy: cfg.kvPolicy,
-      leaseMs: cfg.requestTimeoutMs + 30_000,
+      leaseMs: cfg.leaseMs,
     },
     metrics,
     logger,
@@ -146,6 +148,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
       }
       // Let in-flight responses (commits, final SSE events) complete, then close the listener.
       await server.shutdown();
+      await sessions.close(); // leases of turns that never reached the scheduler
       await store.close();
       if (!opts.backend) backend.dispose();
       logger.info("stopped");

@@ -1,7 +1,7 @@
 /**
  * Where sessions live between turns: a versioned record per session (its encoded snapshot plus a small JSON
  * summary), committed with compare-and-set, and a per-session lease so that two instances never run the same
- * session's turn at once.
+ * session's turn at once (short, renewed by its holder while the turn runs: src/server/lease.ts).
  *
  * Implementations: `stores/memory.ts` (tests, ephemeral), `stores/deno_kv.ts` (local sqlite via Deno KV, blobs
  * chunked under the 64 KiB value limit), `stores/redis.ts` (ioredis; one binary value per version).
@@ -39,9 +39,15 @@ export interface SessionStore {
   delete(id: string): Promise<boolean>;
   /**
    * Exclusive per-session lease for a running turn (so two instances never run the same session's turn
-   * concurrently): returns a token or null if held; expires after ttlMs.
+   * concurrently): returns a token or null if held; expires after ttlMs unless renewed.
    */
   acquireLease(id: string, ttlMs: number): Promise<string | null>;
+  /**
+   * Extend the lease `token` holds to ttlMs from now. False when it no longer holds it (expired — whether or
+   * not someone took it since — or released): the holder must then stop, its turn is no longer exclusive.
+   */
+  renewLease(id: string, token: string, ttlMs: number): Promise<boolean>;
+  /** Give the lease up (a no-op unless `token` holds it). */
   releaseLease(id: string, token: string): Promise<void>;
   /** Collect storage left behind by crashed commits (stores that can leak some). Returns items removed. */
   sweep?(graceMs?: number): Promise<number>;

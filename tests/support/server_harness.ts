@@ -13,8 +13,11 @@ import {
   type ServerConfig,
 } from "../../src/server/config.ts";
 import { SHARED_MODELS } from "../../src/model/loader.ts";
-import { type RunningServer, startServer } from "../../src/server/server.ts";
+import { type RunningServer, type StartOptions, startServer } from "../../src/server/server.ts";
 import { createLogger } from "../../src/server/logger.ts";
+import { Client } from "../../src/client/http.ts";
+
+export { startRedis } from "./redis.ts";
 
 export const MODEL_PATH = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 export const PREFILL_CHUNK = 256;
@@ -47,7 +50,10 @@ export function sharedModel(
   return s;
 }
 
-export async function start(over: Partial<Record<keyof ServerConfig, unknown>> = {}): Promise<RunningServer> {
+export async function start(
+  over: Partial<Record<keyof ServerConfig, unknown>> = {},
+  opts: Pick<StartOptions, "store"> = {},
+): Promise<RunningServer> {
   const cfg = buildConfig({
     model: MODEL_PATH,
     backend: "ts",
@@ -60,6 +66,7 @@ export async function start(over: Partial<Record<keyof ServerConfig, unknown>> =
   });
   const { model, backend, reason } = await sharedModel(cfg.kvPrecision);
   return await startServer(cfg, {
+    ...opts,
     model,
     backend: { backend, reason },
     logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
@@ -103,73 +110,13 @@ export async function referenceTurns(
   return out;
 }
 
+/** One request to a test server (the shared client: src/client/http.ts); a string body is sent as it is. */
 export async function post(base: string, path: string, body: unknown, headers: Record<string, string> = {}) {
-  const res = await fetch(base + path, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...headers },
-    body: typeof body === "string" ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json: unknown = null;
-  try {
-    json = JSON.parse(text);
-  } catch { /* SSE or empty */ }
-  return { status: res.status, headers: res.headers, json: json as Record<string, any>, text };
+  const r = await new Client(base).post(path, body, { headers });
+  return { status: r.status, headers: r.headers, json: r.json as Record<string, any>, text: r.text };
 }
 
 export async function get(base: string, path: string, headers: Record<string, string> = {}, method = "GET") {
-  const res = await fetch(base + path, { method, headers });
-  const text = await res.text();
-  let json: unknown = null;
-  try {
-    json = JSON.parse(text);
-  } catch { /* text */ }
-  return { status: res.status, headers: res.headers, json: json as Record<string, any>, text };
-}
-
-/** A free loopback TCP port. */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
-/** Start a real redis-server on a free port (no persistence); fails clearly if it is not installed. */
-export async function startRedis(): Promise<{ url: string; stop(): Promise<void> }> {
-  let found = false;
-  try {
-    const r = await new Deno.Command("redis-server", { args: ["--version"], stdout: "null", stderr: "null" })
-      .output();
-    found = r.success;
-  } catch { /* not installed */ }
-  if (!found) {
-    throw new Error(
-      "redis-server is not installed: run `bash scripts/setup.sh` (installs redis-server) and retry",
-    );
-  }
-  const port = freePort();
-  const child = new Deno.Command("redis-server", {
-    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  for (let i = 0; i < 100; i++) {
-    try {
-      const c = await Deno.connect({ hostname: "127.0.0.1", port });
-      c.close();
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    stop: async () => {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* gone */ }
-      await child.status;
-    },
-  };
+  const r = await new Client(base).request(method, path, undefined, { headers });
+  return { status: r.status, headers: r.headers, json: r.json as Record<string, any>, text: r.text };
 }

@@ -318,6 +318,22 @@ export class DenoKvSessionStore implements SessionStore {
     return res.ok ? token : null;
   }
 
+  async renewLease(id: string, token: string, ttlMs: number): Promise<boolean> {
+    checkId(id);
+    checkTtl(ttlMs);
+    const key = [ROOT, "lease", id];
+    const cur = await busy(() => this.#kv.get<Lease>(key));
+    const now = Date.now();
+    if (cur.value?.token !== token || cur.value.expiresAt <= now) return false;
+    const res = await busy(() =>
+      this.#kv.atomic()
+        .check(cur)
+        .set(key, { token, expiresAt: now + ttlMs } satisfies Lease, { expireIn: ttlMs })
+        .commit()
+    );
+    return res.ok;
+  }
+
   async releaseLease(id: string, token: string): Promise<void> {
     checkId(id);
     const key = [ROOT, "lease", id];

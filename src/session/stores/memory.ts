@@ -59,6 +59,18 @@ export class MemorySessionStore implements SessionStore {
     });
   }
 
+  renewLease(id: string, token: string, ttlMs: number): Promise<boolean> {
+    return this.#run(() => {
+      checkId(id);
+      checkTtl(ttlMs);
+      const now = Date.now();
+      const cur = this.#leases.get(id);
+      if (!cur || cur.token !== token || cur.expiresAt <= now) return false;
+      cur.expiresAt = now + ttlMs;
+      return true;
+    });
+  }
+
   releaseLease(id: string, token: string): Promise<void> {
     return this.#run(() => {
       checkId(id);

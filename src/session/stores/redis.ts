@@ -4,7 +4,8 @@
  * Keys (the `{id}` hash tag keeps one session's keys in one cluster slot):
  *   `<prefix>{id}:head`                 hash: v (version), blob (key of the live blob), meta (record JSON)
  *   `<prefix>{id}:blob:<version>:<nonce>` the encoded snapshot, one binary value
- *   `<prefix>{id}:lease`                lease token (SET NX PX; released by a compare-and-delete script)
+ *   `<prefix>{id}:lease`                lease token (SET NX PX; renewed by a compare-and-PEXPIRE script, released
+ *                                       by a compare-and-delete one)
  * A commit stages the blob under a fresh key with an expiry (`stagingTtlMs`), then one Lua script checks the
  * version (the CAS), persists the staged blob, switches the head and deletes the previous blob. Reads run one
  * script that returns head and blob together, so a reader never sees a half-written or collected blob. A
@@ -49,6 +50,10 @@ local b = redis.call('HGET', KEYS[1], 'blob')
 if not b then return 0 end
 redis.call('DEL', KEYS[1], b)
 return 1`;
+
+const RENEW = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`;
 
 const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -156,6 +161,12 @@ export class RedisSessionStore implements SessionStore {
     const token = newToken();
     const ok = await this.#redis.set(this.#key(id, "lease"), token, "PX", Math.ceil(ttlMs), "NX");
     return ok === "OK" ? token : null;
+  }
+
+  async renewLease(id: string, token: string, ttlMs: number): Promise<boolean> {
+    checkId(id);
+    checkTtl(ttlMs);
+    return (await this.#redis.eval(RENEW, 1, this.#key(id, "lease"), token, String(Math.ceil(ttlMs)))) === 1;
   }
 
   async releaseLease(id: string, token: string): Promise<void> {

@@ -1,9 +1,13 @@
-/** Helpers shared by the chat and completions routes: body → sampling params, and the SSE response. */
+/**
+ * The OpenAI side of the chat and completions routes: request body → generation params, the model check, and
+ * the SSE response of a streamed generation.
+ */
 import type { Context } from "hono";
-import type { SamplingParams } from "../engine/sampler.ts";
-import { ApiError, badRequest } from "./errors.ts";
+import type { SamplingParams } from "../../engine/sampler.ts";
+import { invalid, notFound } from "../errors.ts";
 import type { AppEnv } from "./app.ts";
-import type { GenerateParams, GenerateResult, Inference } from "./inference.ts";
+import { httpError } from "./errors.ts";
+import type { GenerateParams, GenerateResult, Inference } from "../inference.ts";
 
 export interface SamplingBody {
   max_tokens?: number | null;
@@ -21,7 +25,7 @@ export interface SamplingBody {
 /** OpenAI's default temperature is 1; an omitted temperature means 1 here as well. */
 export function samplingFrom(b: SamplingBody): SamplingParams {
   if (b.n !== undefined && b.n !== null && b.n !== 1) {
-    throw badRequest(`Only n=1 is supported (got n=${b.n}).`, "n", "unsupported_value");
+    throw invalid(`Only n=1 is supported (got n=${b.n}).`, "n", "unsupported_value");
   }
   return {
     temperature: b.temperature ?? 1,
@@ -64,9 +68,7 @@ export function checkModel(c: Context<AppEnv>, requested: string): string {
   const m = c.get("deps").model;
   const id = modelId(m.name);
   if (requested !== id && requested !== m.name) {
-    throw new ApiError(
-      404,
-      "not_found_error",
+    throw notFound(
       `The model '${requested}' does not exist. This server serves '${id}'.`,
       "model",
       "model_not_found",
@@ -80,63 +82,44 @@ export function randomId(prefix: string): string {
 }
 
 /**
- * Run a generation as an SSE stream. `chunk(text)` / `final(result)` build the event objects. Errors before
- * generation starts are thrown (proper HTTP status); errors after are sent as an `error` event.
+ * Run a generation as an SSE stream: `first()` (if any), then `chunk(text)` for each piece of text, then
+ * `final(result)` and `[DONE]`. Errors before generation starts are thrown (a proper HTTP status); errors
+ * after are sent as an `error` event. The response pulls from the generation: a client that goes away
+ * cancels it.
  */
 export async function streamGeneration(
   c: Context<AppEnv>,
   inference: Inference,
-  params: Omit<GenerateParams, "signal" | "onText">,
+  params: Omit<GenerateParams, "signal" | "stream">,
   events: {
     first?: () => unknown;
     chunk: (text: string) => unknown;
     final: (r: GenerateResult) => unknown[];
   },
 ): Promise<Response> {
-  const enc = new TextEncoder();
-  const abort = new AbortController();
-  let ctrl!: ReadableStreamDefaultController<Uint8Array>;
-  let closed = false;
-  const send = (obj: unknown) => {
-    if (closed) return;
-    ctrl.enqueue(enc.encode(`data: ${typeof obj === "string" ? obj : JSON.stringify(obj)}\n\n`));
-  };
-  const stream = new ReadableStream<Uint8Array>({
-    start(cn) {
-      ctrl = cn;
-    },
-    cancel() {
-      closed = true;
-      abort.abort();
-    },
-  });
-  if (events.first) send(events.first());
-  const signal = AbortSignal.any([c.req.raw.signal, abort.signal]);
-  const started = await inference.start({ ...params, signal, onText: (t) => send(events.chunk(t)) });
+  const first = events.first?.();
+  const gen = await inference.start({ ...params, stream: true, signal: c.req.raw.signal });
+  const text = gen.text!.getReader();
   const log = params.log;
-  started.done.then(
-    (r) => {
-      for (const e of events.final(r)) send(e);
-      send("[DONE]");
+  const body = new ReadableStream<Uint8Array>({
+    start(ctrl) {
+      if (first !== undefined) ctrl.enqueue(sse(first));
     },
-    (e) => {
-      if (e instanceof ApiError) {
-        if (e.code !== "cancelled") send(e.body());
-      } else {
-        log.error({ err: String(e), stack: (e as Error)?.stack }, "generation failed");
-        send({ error: { message: "internal server error", type: "server_error", param: null, code: null } });
-      }
-      send("[DONE]");
-    },
-  ).finally(() => {
-    if (!closed) {
-      closed = true;
+    async pull(ctrl) {
+      const r = await text.read();
+      if (!r.done) return ctrl.enqueue(sse(events.chunk(r.value)));
       try {
-        ctrl.close();
-      } catch { /* already closed */ }
-    }
+        for (const e of events.final(await gen.done)) ctrl.enqueue(sse(e));
+      } catch (e) {
+        const err = errorEvent(e, log);
+        if (err) ctrl.enqueue(sse(err));
+      }
+      ctrl.enqueue(sse("[DONE]"));
+      ctrl.close();
+    },
+    cancel: (reason) => text.cancel(reason),
   });
-  return new Response(stream, {
+  return new Response(body, {
     status: 200,
     headers: {
       "content-type": "text/event-stream; charset=utf-8",
@@ -145,6 +128,22 @@ export async function streamGeneration(
       "x-request-id": c.get("requestId"),
     },
   });
+}
+
+const encoder = new TextEncoder();
+
+function sse(obj: unknown): Uint8Array {
+  return encoder.encode(`data: ${typeof obj === "string" ? obj : JSON.stringify(obj)}\n\n`);
+}
+
+/** The `error` event of a generation that failed after it started (none for a cancelled one). */
+function errorEvent(e: unknown, log: GenerateParams["log"]): unknown {
+  const h = httpError(e);
+  if (h.unknown) {
+    log.error({ err: String(e), stack: (e as Error)?.stack }, "generation failed");
+    return { error: { ...h.body.error, code: null } };
+  }
+  return h.body.error.code === "cancelled" ? null : h.body;
 }
 
 /**

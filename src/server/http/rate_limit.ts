@@ -1,5 +1,5 @@
 /** Per-key rate limiting: a token bucket per owner (requests per second with a burst). */
-import { tooMany } from "./errors.ts";
+import { rateLimited } from "../errors.ts";
 
 export class RateLimiter {
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
@@ -9,7 +9,7 @@ export class RateLimiter {
     return this.ratePerSec > 0;
   }
 
-  /** Take one token for `owner` or throw a 429 ApiError with Retry-After. */
+  /** Take one token for `owner` or throw a `rate_limited` ServiceError (429 with Retry-After). */
   take(owner: string): void {
     if (!this.enabled) return;
     const t = this.now();
@@ -22,7 +22,7 @@ export class RateLimiter {
     b.at = t;
     if (b.tokens < 1) {
       const wait = (1 - b.tokens) / this.ratePerSec;
-      throw tooMany("Rate limit exceeded for this API key; retry later.", wait, "rate_limit_exceeded");
+      throw rateLimited("Rate limit exceeded for this API key; retry later.", wait, "rate_limit_exceeded");
     }
     b.tokens -= 1;
     if (this.#buckets.size > 10_000) this.#evict(t);

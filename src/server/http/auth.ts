@@ -4,7 +4,7 @@
  * caller is the anonymous owner.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { unauthorized } from "./errors.ts";
+import { unauthenticated } from "../errors.ts";
 
 export const ANONYMOUS_OWNER = "anonymous";
 
@@ -22,18 +22,18 @@ export class ApiKeys {
     return this.#hashes.length > 0;
   }
 
-  /** The caller's owner id, or throws a 401 ApiError. */
+  /** The caller's owner id, or throws an `unauthenticated` ServiceError. */
   authenticate(authorization: string | undefined | null): string {
     if (!this.enabled) return ANONYMOUS_OWNER;
     if (!authorization) {
-      throw unauthorized("Missing API key: send 'Authorization: Bearer <key>'.");
+      throw unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.");
     }
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
-    if (!m) throw unauthorized("Malformed Authorization header: expected 'Bearer <key>'.");
+    if (!m) throw unauthenticated("Malformed Authorization header: expected 'Bearer <key>'.");
     const h = createHash("sha256").update(m[1]).digest();
     let ok = false;
     for (const k of this.#hashes) if (timingSafeEqual(k, h)) ok = true;
-    if (!ok) throw unauthorized("Incorrect API key provided.");
+    if (!ok) throw unauthenticated("Incorrect API key provided.");
     return hashKey(m[1]);
   }
 }
