@@ -244,9 +244,10 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     doc: "the load tools' target, API key and model id (default: the server's first `GET /v1/models`)",
   },
   {
-    env: "LETHE_TEST_LOG, LETHE_MODEL_GGUF, LETHE_MODEL_HF",
+    env: "LETHE_TEST_LOG, LETHE_MODEL_GGUF, LETHE_MODEL_HF, LETHE_VOCAB_DIR",
     where: "tests/",
-    doc: "the test servers' log level; the models the tokenizer and loader tests read",
+    doc: "the test servers' log level; the models the tokenizer and loader tests read; the vocabulary " +
+      "fixtures (default `../shared/fixtures/vocab`)",
   },
 ];
 
