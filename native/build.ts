@@ -2,6 +2,7 @@
  * Builds the native libraries into native/build/:
  * - liblethe_cpu.so from native/cpu/*.cpp with g++ (-O3 -march=native -fopenmp -shared -fPIC);
  * - liblethe_cuda.so from native/cuda/*.cu with nvcc, when nvcc and CUDA sources exist.
+ * Both link native/common/*.cpp (the shared half of the ABI: last error, argument validation).
  *
  * Skips a library whose sources (and flags) hash to the stamp of the last successful build. Missing
  * compilers are a warning (exit 0): the `auto` backend then falls back. A CUDA failure is reported but does
@@ -15,6 +16,8 @@ const NATIVE_DIR = dirname(fileURLToPath(import.meta.url));
 export const BUILD_DIR = join(NATIVE_DIR, "build");
 export const CPU_LIB = join(BUILD_DIR, "liblethe_cpu.so");
 export const CUDA_LIB = join(BUILD_DIR, "liblethe_cuda.so");
+/** The sources both libraries link (native/common). */
+export const COMMON_DIR = join(NATIVE_DIR, "common");
 
 export interface BuildResult {
   lib: "cpu" | "cuda";
@@ -89,10 +92,13 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
   const results: BuildResult[] = [];
   const header = join(NATIVE_DIR, "lethe.h");
   const f16 = join(NATIVE_DIR, "f16.h");
+  const commonSources = listSources(COMMON_DIR, ".cpp");
+  const commonDeps = listSources(COMMON_DIR, ".h");
   const cpuDir = join(NATIVE_DIR, "cpu");
-  const cpuSources = listSources(cpuDir, ".cpp");
-  const cpuDeps = [header, f16, ...listSources(cpuDir, ".h")];
-  if (cpuSources.length === 0) {
+  const cpuOwn = listSources(cpuDir, ".cpp");
+  const cpuSources = cpuOwn.length ? [...cpuOwn, ...commonSources] : [];
+  const cpuDeps = [header, f16, ...commonDeps, ...listSources(cpuDir, ".h")];
+  if (cpuOwn.length === 0) {
     results.push({ lib: "cpu", status: "skipped", path: CPU_LIB, message: "no native/cpu/*.cpp sources" });
   } else if (!(await hasCommand("g++"))) {
     results.push({
@@ -107,8 +113,9 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
   }
   if (opts.cpuOnly) return results;
   const cudaDir = join(NATIVE_DIR, "cuda");
-  const cudaSources = listSources(cudaDir, ".cu");
-  if (cudaSources.length === 0) {
+  const cudaOwn = listSources(cudaDir, ".cu");
+  const cudaSources = [...cudaOwn, ...commonSources];
+  if (cudaOwn.length === 0) {
     results.push({ lib: "cuda", status: "skipped", path: CUDA_LIB, message: "no native/cuda/*.cu sources" });
   } else if (!(await hasCommand("nvcc"))) {
     results.push({
@@ -118,7 +125,13 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
       message: "nvcc not found; CUDA not built",
     });
   } else {
-    const cudaDeps = [header, f16, ...listSources(cudaDir, ".h"), ...listSources(cudaDir, ".cuh")];
+    const cudaDeps = [
+      header,
+      f16,
+      ...commonDeps,
+      ...listSources(cudaDir, ".h"),
+      ...listSources(cudaDir, ".cuh"),
+    ];
     const flags = ["-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17", ...nvccArchFlags()];
     results.push(await compile("cuda", "nvcc", cudaSources, cudaDeps, flags, CUDA_LIB, opts.force ?? false));
   }

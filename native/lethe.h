@@ -31,7 +31,25 @@ extern "C" {
 #define LETHE_API __attribute__((visibility("default")))
 #endif
 
-#define LETHE_ABI_VERSION 1
+#define LETHE_ABI_VERSION 2
+
+/*
+ * Limits, the same in every library (native/common/abi.cpp checks them):
+ * - LETHE_MAX_STEP_TOKENS tokens in one lethe_forward over all sequences: under the CUDA matmul grid's
+ *   65535 blocks of 8 rows (524,280), and far above any useful step (prefill is chunked, 256 tokens by default).
+ * - LETHE_MAX_LAYER_ROWS rows in one layer of a cache (lethe_kv_write).
+ * - LETHE_MAX_HEAD_DIM: the CUDA attention kernel keeps a query head in shared memory; real models use <= 256.
+ * - LETHE_MAX_HEADS: query heads are the CUDA attention grid's y dimension (65535).
+ * - LETHE_MAX_DIM bounds dim, ffn_dim and n_heads*head_dim; LETHE_MAX_VOCAB the vocabulary; LETHE_MAX_LAYERS
+ *   the layers.
+ */
+#define LETHE_MAX_STEP_TOKENS (1 << 18)
+#define LETHE_MAX_LAYER_ROWS (1 << 26)
+#define LETHE_MAX_HEAD_DIM 1024
+#define LETHE_MAX_HEADS 65535
+#define LETHE_MAX_DIM (1 << 20)
+#define LETHE_MAX_VOCAB (1 << 24)
+#define LETHE_MAX_LAYERS 4096
 
 /* ggml element types accepted by lethe_model_set_tensor (the GGUF ids). */
 enum lethe_ggml_type {
@@ -66,8 +84,8 @@ enum lethe_tensor_kind {
 #define LETHE_ROPE_INTERLEAVED 0 /* pairs (x[2i], x[2i+1]); llama.cpp NORM; llama2.c */
 #define LETHE_ROPE_HALF 1 /* pairs (x[i], x[i+d/2]); HF rotate_half; llama.cpp NEOX */
 
-/* Model hyper-parameters. All fields int32/float so the struct is 4-byte packed (13 x 4 = 52 bytes).
- * model_create rejects an unknown kv_type. */
+/* Model hyper-parameters. All fields int32/float so the struct is 4-byte packed (14 x 4 = 56 bytes).
+ * model_create rejects values outside the limits above, an unknown rope_style or kv_type. */
 typedef struct lethe_config {
   int32_t dim;
   int32_t n_layers;
@@ -82,6 +100,8 @@ typedef struct lethe_config {
   int32_t max_threads; /* 0 = library default (all cores); 1 = single-threaded */
   int32_t device; /* CUDA device ordinal; ignored by the CPU library */
   int32_t kv_type; /* LETHE_KV_*: element type of the KV cache rows (was `reserved`, 0 = f32) */
+  int32_t parallel_work; /* CPU: multiply-adds below which a matmul or attention runs on one thread, for this
+                            model only (0 = library default); ignored by the CUDA library */
 } lethe_config;
 
 /*
@@ -121,8 +141,14 @@ LETHE_API void lethe_kv_free(lethe_kv* kv);
 /* Number of cached rows of `layer`, or -1 on a bad layer. */
 LETHE_API int32_t lethe_kv_len(lethe_kv* kv, int32_t layer);
 
-/* Keep only rows keep[0..n) (strictly ascending, each < len) of `layer`, order preserved. */
-LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n);
+/*
+ * Apply a prune plan to kv now, every layer at once (one kernel launch on CUDA), outside a forward:
+ *   keep_len[l]   -1: layer l unchanged; else the number of rows it keeps.
+ *   keep_rows     the kept row indices of every layer with keep_len[l] >= 0, concatenated in layer order; each
+ *                 layer's list strictly ascending, each < the layer's length. May be NULL if no count is > 0.
+ * Kept rows keep their order and positions. The whole plan is checked first: on error nothing changes.
+ */
+LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows);
 
 /*
  * Export a layer: k, v sized len*n_kv_heads*head_dim floats, pos sized len int32 (any may be NULL to
@@ -130,7 +156,8 @@ LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* k
  */
 LETHE_API int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos);
 
-/* Replace a layer's contents with n rows in the layout of lethe_kv_read (rounded to f16 with LETHE_KV_F16). */
+/* Replace a layer's contents with n rows in the layout of lethe_kv_read (rounded to f16 with LETHE_KV_F16);
+ * positions must be >= 0. */
 LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v,
                                  const int32_t* pos, int32_t n);
 
@@ -142,24 +169,30 @@ LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv);
 /*
  * One step for n_seq independent sequences.
  *   kvs[s]            the cache of sequence s (distinct handles).
+ *   keep_len, keep_rows  prune plans, applied to the caches before anything else (as lethe_kv_compact, index
+ *                     s*n_layers + l of keep_len; keep_rows concatenated in that order); every sequence's
+ *                     layer lengths below are the lengths after its plan. keep_len NULL: no plan.
+ *                     All plans of the step are applied together (one kernel launch on CUDA).
  *   tokens            all new tokens, concatenated in batch order (sum n_tokens[s] entries).
  *   n_tokens[s]       >= 1 new tokens of sequence s.
  *   start_pos[s]      position of the first new token of s (new token t gets start_pos[s] + t).
  *   logits_mode[s]    0 none, 1 last token, 2 all new tokens.
  *   logits_out        packed in batch order: for each s, (mode 1: 1, mode 2: n_tokens[s], 0: 0) rows of
  *                     vocab floats. May be NULL if every mode is 0.
- *   score_decay[s], score_window[s]  (window 0 = no scores for s); either array may be NULL = no scores.
+ *   score_decay[s], score_window[s]  (window 0 = no scores for s; decay finite and >= 0); either array may be
+ *                     NULL = no scores.
  *   scores_out        n_seq*n_layers pointers, index s*n_layers + l, each sized to that layer's length after
  *                     this step's append, or NULL where none. Query t of T contributes
  *                     decay^(T-1-t) if t >= T - window, times its attention probability on each cached row
  *                     summed over all query heads of the layer. Fully overwritten (not accumulated).
  * All tokens go through every matmul as one [N_total x dim] batch; attention is per sequence over its own
- * cache (rows from before this step, then the step's new tokens causally).
+ * cache (rows from before this step, then the step's new tokens causally). Every argument (plans included) is
+ * checked before anything runs: a bad argument changes no cache.
  */
-LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
-                                const int32_t* n_tokens, const int32_t* start_pos,
-                                const int32_t* logits_mode, float* logits_out, const float* score_decay,
-                                const int32_t* score_window, float** scores_out);
+LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* keep_len,
+                                const int32_t* keep_rows, const int32_t* tokens, const int32_t* n_tokens,
+                                const int32_t* start_pos, const int32_t* logits_mode, float* logits_out,
+                                const float* score_decay, const int32_t* score_window, float** scores_out);
 
 /* ---- info ---- */
 

@@ -17,31 +17,27 @@
 #include <string>
 #include <vector>
 
+#include "../common/abi.h"
 #include "kernels.h"
 
 using namespace lethe;
 
 namespace {
 
-// Process-wide last error: calls may run on a worker thread (Deno nonblocking FFI) and the error be read on
-// another. Written once per failing call; the reader copies it right away.
-std::mutex g_error_mu;
-char g_error[512] = "";
-
+// Sets lethe_last_error (native/common/abi.cpp) and returns 1, the ABI's error code.
 int fail(const char* fmt, ...) {
   char buf[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  std::lock_guard<std::mutex> lock(g_error_mu);
-  memcpy(g_error, buf, sizeof buf);
+  lethe_abi::fail("%s", buf);
   return 1;
 }
 
 // Multiply-adds below which a matmul / attention runs on one thread (~1 ms of one core: a fork/join on a
 // busy 2-core machine can cost that much; tiny models such as stories260K then never thread).
-// LETHE_PARALLEL_WORK (read at lethe_model_create) overrides it. Lower values (4M, 2M, 1M) were measured on the
+// lethe_config.parallel_work overrides it per model. Lower values (4M, 2M, 1M) were measured on the
 // 2-core dev machine (mid shape, f16 KV, median step times): batch 4/16 decode no faster (within noise), and
 // 1M slowed stories260K prefill and decode, so the threshold stays one for all N.
 const double kParallelWork = 1 << 23;
@@ -69,6 +65,12 @@ size_t row_bytes_of(int type, int64_t cols) {
       return (size_t)(cols / QK) * Q4_0_BYTES;
   }
   return 0;
+}
+
+// The ggml types this library takes (BF16 is widened to f32 on upload).
+bool cpu_type_supported(int32_t type) {
+  return type == LETHE_TYPE_F32 || type == LETHE_TYPE_F16 || type == LETHE_TYPE_Q8_0 || type == LETHE_TYPE_Q4_0 ||
+         type == LETHE_TYPE_BF16;
 }
 
 // Row r of W as f32: a pointer into W (F32) or into `buf` (converted).
@@ -164,11 +166,15 @@ void matmul_rows(const Mat& W, const float* X, int64_t N, float* Y, int64_t ldy,
   }
 }
 
-double g_parallel_work = kParallelWork;
+// A model's threading: at most max_threads, and only for kernels of at least parallel_work multiply-adds.
+struct Par {
+  int max_threads = 1;
+  double parallel_work = kParallelWork;
+};
 
-int threads_for(int max_threads, double work, int64_t units) {
-  if (max_threads <= 1 || work < g_parallel_work || units < 2) return 1;
-  return (int)std::min<int64_t>(max_threads, units);
+int threads_for(const Par& par, double work, int64_t units) {
+  if (par.max_threads <= 1 || work < par.parallel_work || units < 2) return 1;
+  return (int)std::min<int64_t>(par.max_threads, units);
 }
 
 // One output of a fused matmul: Y[N x W.rows] = X · W^T.
@@ -181,7 +187,7 @@ struct MatOut {
 // concatenated and split into contiguous, block-aligned ranges, one per thread, so one parallel region covers
 // all of them and their summed work decides threading. Each weight row is converted once and dotted with all
 // N activation rows.
-void matmul_multi(int max_threads, const MatOut* outs, int n_out, const float* X, int64_t N) {
+void matmul_multi(const Par& par, const MatOut* outs, int n_out, const float* X, int64_t N) {
   int64_t total = 0;
   const int64_t cols = outs[0].W->cols;
   for (int j = 0; j < n_out; j++) total += outs[j].W->rows;
@@ -194,7 +200,7 @@ void matmul_multi(int max_threads, const MatOut* outs, int n_out, const float* X
       off += W.rows;
     }
   };
-  const int nt = threads_for(max_threads, (double)total * (double)cols * (double)N, total / 8);
+  const int nt = threads_for(par, (double)total * (double)cols * (double)N, total / 8);
   if (nt <= 1) {
     thread_local std::vector<float> buf;
     if ((int64_t)buf.size() < kRowBlock * cols) buf.resize(kRowBlock * cols);
@@ -213,9 +219,9 @@ void matmul_multi(int max_threads, const MatOut* outs, int n_out, const float* X
 }
 
 // Y[N x rows] = X[N x cols] · W^T.
-void matmul(int max_threads, const Mat& W, const float* X, int64_t N, float* Y) {
+void matmul(const Par& par, const Mat& W, const float* X, int64_t N, float* Y) {
   const MatOut o{&W, Y};
-  matmul_multi(max_threads, &o, 1, X, N);
+  matmul_multi(par, &o, 1, X, N);
 }
 
 struct Layer {
@@ -227,7 +233,7 @@ struct Layer {
 
 struct lethe_model {
   lethe_config cfg;
-  int max_threads = 1;
+  Par par;
   int kv_dim = 0, q_dim = 0;
   bool kv_f16 = false;  // K/V rows stored as IEEE half (cfg.kv_type == LETHE_KV_F16)
   int kv_es = 4;  // bytes per stored K/V element
@@ -297,6 +303,34 @@ inline void kv_store(std::vector<uint8_t>& dst, bool f16, size_t at, const float
     f32_row_to_f16(src, (uint16_t*)dst.data() + at, (int64_t)n);
   } else {
     memcpy((float*)dst.data() + at, src, n * 4);
+  }
+}
+
+// Keep rows keep[0..n) of L (checked), in order: the dropped rows' slots go to the free list (capacity
+// cap >= len, so this cannot throw); kept rows move down in the index arrays only, K/V stay where they are.
+void compact_layer(lethe_kv::L& L, const int32_t* keep, int32_t n) {
+  int32_t w = 0;
+  for (int32_t i = 0; i < L.len; i++) {
+    if (w < n && keep[w] == i) {
+      L.slot[w++] = L.slot[i];
+    } else {
+      L.free.push_back(L.slot[i]);
+    }
+  }
+  lethe_abi::compact_positions(L.pos.data(), keep, n);
+  L.slot.resize((size_t)n);
+  L.pos.resize((size_t)n);
+  L.len = n;
+}
+
+// A checked prune plan of one cache (lethe_kv_compact's layout), every layer in one pass.
+void compact_plan(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows) {
+  int64_t o = 0;
+  for (size_t l = 0; l < kv->layers.size(); l++) {
+    const int32_t n = keep_len[l];
+    if (n < 0) continue;
+    compact_layer(kv->layers[l], keep_rows + o, n);
+    o += n;
   }
 }
 
@@ -511,8 +545,6 @@ void attend_group(const lethe_model* m, const lethe_kv::L& L, const SeqJob& J, i
 
 extern "C" {
 
-const char* lethe_last_error(void) { return g_error; }
-
 int32_t lethe_device_count(void) { return 1; }
 
 int32_t lethe_abi_version(void) { return LETHE_ABI_VERSION; }
@@ -535,37 +567,13 @@ const char* lethe_backend_info(void) {
 }
 
 lethe_model* lethe_model_create(const lethe_config* cfg) {
-  if (!cfg) return fail("model_create: null config"), nullptr;
+  if (!lethe_abi::check_config(cfg)) return nullptr;
   const lethe_config& c = *cfg;
-  if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 ||
-      c.ffn_dim <= 0 || c.vocab_size <= 0) {
-    return fail("model_create: dimensions must be positive"), nullptr;
-  }
-  if (c.n_heads % c.n_kv_heads != 0) {
-    return fail("model_create: n_heads %d is not a multiple of n_kv_heads %d", c.n_heads, c.n_kv_heads),
-           nullptr;
-  }
-  if (c.head_dim % 2 != 0) return fail("model_create: head_dim must be even"), nullptr;
-  if (c.rope_style != LETHE_ROPE_INTERLEAVED && c.rope_style != LETHE_ROPE_HALF) {
-    return fail("model_create: bad rope_style %d", c.rope_style), nullptr;
-  }
-  if (!(c.rope_theta > 0) || !(c.norm_eps >= 0)) return fail("model_create: bad rope_theta/norm_eps"), nullptr;
-  if (c.kv_type != LETHE_KV_F32 && c.kv_type != LETHE_KV_F16) {
-    return fail("model_create: bad kv_type %d (0 = f32, 1 = f16)", c.kv_type), nullptr;
-  }
-  if ((int64_t)c.dim > (1 << 20) || (int64_t)c.ffn_dim > (1 << 22) || (int64_t)c.vocab_size > (1 << 24) ||
-      c.n_layers > 4096 || (int64_t)c.n_heads * c.head_dim > (1 << 20)) {
-    return fail("model_create: dimensions out of range"), nullptr;
-  }
   lethe_model* m = new (std::nothrow) lethe_model();
   if (!m) return fail("model_create: out of memory"), nullptr;
   m->cfg = c;
-  m->max_threads = c.max_threads > 0 ? c.max_threads : omp_get_max_threads();
-  {  // process-wide: the last created model's setting applies
-    const char* pw = getenv("LETHE_PARALLEL_WORK");
-    const double v = pw ? atof(pw) : -1;
-    g_parallel_work = v >= 0 ? v : kParallelWork;
-  }
+  m->par.max_threads = c.max_threads > 0 ? c.max_threads : omp_get_max_threads();
+  m->par.parallel_work = c.parallel_work > 0 ? c.parallel_work : kParallelWork;
   m->kv_dim = c.n_kv_heads * c.head_dim;
   m->kv_f16 = c.kv_type == LETHE_KV_F16;
   m->kv_es = m->kv_f16 ? 2 : 4;
@@ -582,61 +590,10 @@ void lethe_model_free(lethe_model* m) { delete m; }
 
 int32_t lethe_model_set_tensor(lethe_model* m, int32_t kind, int32_t layer, int32_t type, const void* data,
                                int64_t rows, int64_t cols) {
-  if (!m || !data) return fail("set_tensor: null argument");
-  const lethe_config& c = m->cfg;
-  if (kind < 0 || kind >= LETHE_TENSOR_KIND_COUNT) return fail("set_tensor: bad kind %d", kind);
-  const bool global = kind == LETHE_TOK_EMBD || kind == LETHE_OUT_NORM || kind == LETHE_OUTPUT;
-  if (!global && (layer < 0 || layer >= c.n_layers)) return fail("set_tensor: bad layer %d", layer);
-  if (type != LETHE_TYPE_F32 && type != LETHE_TYPE_F16 && type != LETHE_TYPE_Q8_0 && type != LETHE_TYPE_Q4_0 &&
-      type != LETHE_TYPE_BF16) {
-    return fail("set_tensor: unsupported ggml type %d", type);
-  }
-  if (rows <= 0 || cols <= 0) return fail("set_tensor: bad shape [%lld, %lld]", (long long)rows, (long long)cols);
-  if ((type == LETHE_TYPE_Q8_0 || type == LETHE_TYPE_Q4_0) && cols % QK != 0) {
-    return fail("set_tensor: quantized rows need a multiple of 32 columns, got %lld", (long long)cols);
-  }
-  int64_t er = 0, ec = 0;  // expected shape
-  const int qd = m->q_dim, kvd = m->kv_dim;
-  switch (kind) {
-    case LETHE_TOK_EMBD:
-    case LETHE_OUTPUT:
-      er = c.vocab_size, ec = c.dim;
-      break;
-    case LETHE_ATTN_NORM:
-    case LETHE_FFN_NORM:
-    case LETHE_OUT_NORM:
-      er = 1, ec = c.dim;
-      break;
-    case LETHE_WQ:
-      er = qd, ec = c.dim;
-      break;
-    case LETHE_WK:
-    case LETHE_WV:
-      er = kvd, ec = c.dim;
-      break;
-    case LETHE_WO:
-      er = c.dim, ec = qd;
-      break;
-    case LETHE_BQ:
-      er = 1, ec = qd;
-      break;
-    case LETHE_BK:
-    case LETHE_BV:
-      er = 1, ec = kvd;
-      break;
-    case LETHE_W_GATE:
-    case LETHE_W_UP:
-      er = c.ffn_dim, ec = c.dim;
-      break;
-    case LETHE_W_DOWN:
-      er = c.dim, ec = c.ffn_dim;
-      break;
-  }
-  const bool vec = er == 1;
-  if (vec ? rows * cols != ec : (rows != er || cols != ec)) {
-    return fail("set_tensor: kind %d layer %d has shape [%lld, %lld], expected [%lld, %lld]", kind, layer,
-                (long long)rows, (long long)cols, (long long)er, (long long)ec);
-  }
+  if (!m) return fail("lethe_model_set_tensor: model is NULL");
+  if (!lethe_abi::check_tensor(m->cfg, kind, layer, type, data, rows, cols, cpu_type_supported)) return 1;
+  const bool global = lethe_abi::is_global_kind(kind);
+  const bool vec = lethe_abi::is_vector_kind(kind);
   try {
     // To f32 for vectors and BF16 (no BF16 kernel).
     auto to_f32 = [&](std::vector<float>& out) {
@@ -719,42 +676,28 @@ lethe_kv* lethe_kv_create(lethe_model* m) {
 
 void lethe_kv_free(lethe_kv* kv) { delete kv; }
 
+}  // extern "C"
+
+const lethe_model* lethe_kv_model(const lethe_kv* kv) { return kv->m; }
+
+extern "C" {
+
 int32_t lethe_kv_len(lethe_kv* kv, int32_t layer) {
-  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_len: bad kv or layer"), -1;
+  if (!lethe_abi::check_kv_layer(kv, layer, kv ? (int32_t)kv->layers.size() : 0, "lethe_kv_len")) return -1;
   return kv->layers[layer].len;
 }
 
-int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n) {
-  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_compact: bad kv or layer");
-  lethe_kv::L& L = kv->layers[layer];
-  if (n < 0 || n > L.len || (n > 0 && !keep)) return fail("kv_compact: bad count %d (len %d)", n, L.len);
-  int32_t prev = -1;
-  for (int32_t i = 0; i < n; i++) {
-    if (keep[i] <= prev || keep[i] >= L.len) {
-      return fail("kv_compact: keep indices must be strictly ascending in [0, %d), got %d", L.len, keep[i]);
-    }
-    prev = keep[i];
-  }
-  // Dropped rows' slots go to the free list (capacity cap >= len: cannot throw); kept rows move down in the
-  // index arrays only.
-  int32_t w = 0;
-  for (int32_t i = 0; i < L.len; i++) {
-    if (w < n && keep[w] == i) {
-      L.slot[w] = L.slot[i];
-      L.pos[w] = L.pos[i];
-      w++;
-    } else {
-      L.free.push_back(L.slot[i]);
-    }
-  }
-  L.slot.resize((size_t)n);
-  L.pos.resize((size_t)n);
-  L.len = n;
+int32_t lethe_kv_compact(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows) {
+  if (!kv) return fail("lethe_kv_compact: kv is NULL");
+  const int32_t nl = (int32_t)kv->layers.size();
+  if (!keep_len) return fail("lethe_kv_compact: keep_len is NULL");
+  if (!lethe_abi::check_plans(1, &kv, nl, keep_len, keep_rows, "lethe_kv_compact")) return 1;
+  compact_plan(kv, keep_len, keep_rows);
   return 0;
 }
 
 int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* pos) {
-  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_read: bad kv or layer");
+  if (!lethe_abi::check_kv_layer(kv, layer, kv ? (int32_t)kv->layers.size() : 0, "lethe_kv_read")) return 1;
   const lethe_kv::L& L = kv->layers[layer];
   const size_t d = (size_t)kv->m->kv_dim;
   for (int32_t i = 0; i < L.len; i++) {  // logical order
@@ -773,9 +716,8 @@ int32_t lethe_kv_read(lethe_kv* kv, int32_t layer, float* k, float* v, int32_t* 
 
 int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float* v, const int32_t* pos,
                        int32_t n) {
-  if (!kv || layer < 0 || layer >= (int32_t)kv->layers.size()) return fail("kv_write: bad kv or layer");
-  if (n < 0 || n > (1 << 26)) return fail("kv_write: bad row count %d", n);
-  if (n > 0 && (!k || !v || !pos)) return fail("kv_write: null data");
+  if (!lethe_abi::check_kv_layer(kv, layer, kv ? (int32_t)kv->layers.size() : 0, "lethe_kv_write")) return 1;
+  if (!lethe_abi::check_rows(n, k, v, pos, "lethe_kv_write")) return 1;
   lethe_kv::L& L = kv->layers[layer];
   const size_t d = (size_t)kv->m->kv_dim;
   try {
@@ -788,7 +730,7 @@ int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const float* k, const float*
     for (int64_t sl = L.cap - 1; sl >= 0; sl--) L.free.push_back((int32_t)sl);
     reserve_rows(L, (int)d, kv->m->kv_es, n);
   } catch (const std::bad_alloc&) {
-    return fail("kv_write: out of memory");
+    return fail("lethe_kv_write: out of memory");
   }
   for (int32_t i = 0; i < n; i++) {
     const int32_t sl = L.free.back();
@@ -809,37 +751,21 @@ int64_t lethe_kv_bytes(lethe_kv* kv) {
   return rows * kv->m->kv_dim * 2 * kv->m->kv_es;
 }
 
-int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
-                      const int32_t* n_tokens, const int32_t* start_pos, const int32_t* logits_mode,
-                      float* logits_out, const float* score_decay, const int32_t* score_window,
-                      float** scores_out) {
-  if (!m) return fail("forward: null model");
-  if (n_seq <= 0) return fail("forward: n_seq must be positive, got %d", n_seq);
-  if (!kvs || !tokens || !n_tokens || !start_pos || !logits_mode) return fail("forward: null argument");
+int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* keep_len,
+                      const int32_t* keep_rows, const int32_t* tokens, const int32_t* n_tokens,
+                      const int32_t* start_pos, const int32_t* logits_mode, float* logits_out,
+                      const float* score_decay, const int32_t* score_window, float** scores_out) {
+  int64_t N = 0, n_logits = 0;
+  if (!m) return fail("lethe_forward: model is NULL");
+  if (!lethe_abi::check_forward(m, m->cfg, n_seq, kvs, keep_len, keep_rows, tokens, n_tokens, start_pos,
+                                logits_mode, logits_out, score_decay, score_window, &N, &n_logits)) {
+    return 1;
+  }
   if (!model_ready(m)) return 1;
   const lethe_config& c = m->cfg;
   const int dim = c.dim, qd = m->q_dim, kvd = m->kv_dim, hd = c.head_dim, ffn = c.ffn_dim, V = c.vocab_size;
   const int NL = c.n_layers;
   const bool want_scores = score_decay && score_window && scores_out;
-
-  int64_t N = 0, n_logits = 0;
-  for (int s = 0; s < n_seq; s++) {
-    if (!kvs[s] || kvs[s]->m != m) return fail("forward: sequence %d has no cache of this model", s);
-    for (int u = 0; u < s; u++) {
-      if (kvs[u] == kvs[s]) return fail("forward: sequences %d and %d share a cache", u, s);
-    }
-    if (n_tokens[s] <= 0) return fail("forward: sequence %d has no tokens", s);
-    if (start_pos[s] < 0) return fail("forward: sequence %d has negative start_pos", s);
-    if (logits_mode[s] < 0 || logits_mode[s] > 2) return fail("forward: bad logits_mode %d", logits_mode[s]);
-    if (want_scores && score_window[s] < 0) return fail("forward: negative score window");
-    n_logits += logits_mode[s] == 2 ? n_tokens[s] : logits_mode[s] == 1 ? 1 : 0;
-    N += n_tokens[s];
-  }
-  if (N > (1 << 22)) return fail("forward: too many tokens in one step (%lld)", (long long)N);
-  if (n_logits > 0 && !logits_out) return fail("forward: logits requested but logits_out is null");
-  for (int64_t i = 0; i < N; i++) {
-    if (tokens[i] < 0 || tokens[i] >= V) return fail("forward: token %d out of range [0, %d)", tokens[i], V);
-  }
 
   try {
     ensure(m->x, N * dim);
@@ -856,6 +782,15 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     }
   } catch (const std::bad_alloc&) {
     return fail("forward: out of memory");
+  }
+
+  // The step's prune plans, before anything is appended: a rewrite of each layer's slot index (no K/V moves).
+  if (keep_len) {
+    int64_t o = 0;
+    for (int s = 0; s < n_seq; s++) {
+      compact_plan(kvs[s], keep_len + (int64_t)s * NL, keep_rows ? keep_rows + o : nullptr);
+      for (int l = 0; l < NL; l++) o += std::max(0, keep_len[(int64_t)s * NL + l]);
+    }
   }
 
   float* x = m->x.data();
@@ -925,7 +860,7 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.attn_norm.data(), dim, c.norm_eps);
     {
       const MatOut qkv[3] = {{&W.wq, m->q.data()}, {&W.wk, m->k.data()}, {&W.wv, m->v.data()}};
-      matmul_multi(m->max_threads, qkv, 3, xb, N);
+      matmul_multi(m->par, qkv, 3, xb, N);
     }
     for (int64_t i = 0; i < N; i++) {
       if (!W.bq.empty()) axpy(m->q.data() + i * qd, W.bq.data(), 1.f, qd);
@@ -960,7 +895,7 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
     }
     // Attention: one task per (sequence, kv head).
     const int64_t ntask = (int64_t)n_seq * c.n_kv_heads;
-    const int nt = threads_for(m->max_threads, work, ntask);
+    const int nt = threads_for(m->par, work, ntask);
     auto run_task = [&](int64_t task, std::vector<float>& lg) {
       const int s = (int)(task / c.n_kv_heads), g = (int)(task % c.n_kv_heads);
       ensure(lg, max_lim * nrep);
@@ -986,20 +921,20 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
       for (int g = 1; g < c.n_kv_heads; g++) axpy(out, J.head_scores + (size_t)g * len, 1.f, len);
     }
     // Output projection and residual.
-    matmul(m->max_threads, W.wo, m->att.data(), N, xb);
+    matmul(m->par, W.wo, m->att.data(), N, xb);
     for (int64_t i = 0; i < N * dim; i++) x[i] += xb[i];
     // SwiGLU FFN.
     for (int64_t i = 0; i < N; i++) rmsnorm(xb + i * dim, x + i * dim, W.ffn_norm.data(), dim, c.norm_eps);
     {
       const MatOut gate_up[2] = {{&W.w_gate, m->hb.data()}, {&W.w_up, m->hb2.data()}};
-      matmul_multi(m->max_threads, gate_up, 2, xb, N);
+      matmul_multi(m->par, gate_up, 2, xb, N);
     }
     {
       float* g = m->hb.data();
       const float* u = m->hb2.data();
       for (int64_t i = 0; i < N * ffn; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
     }
-    matmul(m->max_threads, W.w_down, m->hb.data(), N, xb);
+    matmul(m->par, W.w_down, m->hb.data(), N, xb);
     for (int64_t i = 0; i < N * dim; i++) x[i] += xb[i];
   }
 
@@ -1019,7 +954,7 @@ int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32
       }
     }
     const Mat& out = m->output.set() ? m->output : m->tok_embd;
-    matmul(m->max_threads, out, m->lx.data(), n_logits, logits_out);
+    matmul(m->par, out, m->lx.data(), n_logits, logits_out);
     (void)V;
   }
   return 0;

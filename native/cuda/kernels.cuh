@@ -15,7 +15,8 @@
 
 // Kernel launch: `LAUNCH(kernel, grid, block, smem, stream, args...)`.
 #ifdef LETHE_EMU
-#define LAUNCH(kernel, grid, block, smem, stream, ...) emu::launch(dim3(grid), dim3(block), [&] { kernel(__VA_ARGS__); })
+#define LAUNCH(kernel, grid, block, smem, stream, ...) \
+  (emu::counts[#kernel]++, emu::launch(dim3(grid), dim3(block), [&] { kernel(__VA_ARGS__); }))
 #else
 #define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #endif
@@ -370,6 +371,31 @@ __global__ void swiglu_kernel(float* __restrict__ g, const float* __restrict__ u
   if (i >= count) return;
   const float x = g[i];
   g[i] = (x / (1.f + expf(-x))) * u[i];
+}
+
+// One layer's part of a prune plan, compacted in place by kv_compact_kernel.
+struct CompactJob {
+  uint32_t* k;       // the layer's K rows, as 32-bit words
+  uint32_t* v;       // its V rows
+  int64_t keepOff;   // its keep list in the step's keep array
+  int32_t n;         // rows kept
+  int32_t from;      // the first kept row that moves (rows before it stay where they are)
+  int32_t words;     // 32-bit words per row (kvDim for f32 rows, kvDim / 2 for f16)
+  int32_t pad;
+};
+
+// In-place compaction of every layer of every sequence of a step in one launch: grid.x = 2 × jobs (job
+// blockIdx.x / 2, its K rows for even x, V rows for odd), grid.y × blockDim.x threads over a row's words. For
+// i = from … n-1 in ascending order row i becomes row keep[i]; keep is strictly ascending, so keep[i] >= i and a
+// row is read before any write can reach it. A thread owns its word columns of every row: no two threads touch
+// the same word, no barrier needed.
+__global__ void kv_compact_kernel(const CompactJob* __restrict__ jobs, const int32_t* __restrict__ keep) {
+  const CompactJob J = jobs[blockIdx.x >> 1];
+  uint32_t* rows = (blockIdx.x & 1) ? J.v : J.k;
+  const int32_t* kp = keep + J.keepOff;
+  for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < J.words; c += gridDim.y * blockDim.x) {
+    for (int i = J.from; i < J.n; i++) rows[(int64_t)i * J.words + c] = rows[(int64_t)kp[i] * J.words + c];
+  }
 }
 
 // Gather rows of d elements of T: dst[i, :] = src[idx[i], :]. grid = n, block = ROW_THREADS. T = float for

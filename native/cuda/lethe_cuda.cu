@@ -8,9 +8,11 @@
 //   (__float2half_rn, exactly JS Math.f16round) when appended by the forward or written by lethe_kv_write,
 //   attention converts them back to f32 in registers, lethe_kv_read returns them as f32 (exactly the halves)
 //   and lethe_kv_bytes counts 2 bytes per element.
-// - lethe_forward runs every sequence's new tokens as one [N × dim] batch through the matmuls (each weight row
-//   is read once per 8 activation rows), attention per sequence over its own cache, and synchronises with the
-//   host once: a single device→host copy of the logits and scores at the end.
+// - lethe_forward applies the step's prune plans first (every layer of every sequence compacted in place by one
+//   kv_compact_kernel launch, no allocation), runs every sequence's new tokens as one [N × dim] batch through
+//   the matmuls (each weight row is read once per 8 activation rows), attention per sequence over its own
+//   cache, and synchronises with the host once: a single device→host copy of the logits and scores at the end.
+// - Argument validation, limits and the last error are shared with the CPU library (native/common/abi.cpp).
 // - Every CUDA call is checked; failures set lethe_last_error and return an error code / NULL.
 #include <math.h>
 #include <stdarg.h>
@@ -21,12 +23,11 @@
 #include "../f16.h"
 
 #include <algorithm>
-#include <mutex>
 #include <new>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
+#include "../common/abi.h"
 #include "../lethe.h"
 #include "kernels.cuh"
 
@@ -35,19 +36,14 @@ using namespace lethe_cuda;
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 
-// The last error of any thread (like the CPU library): src/engine/native.ts runs long forwards on a worker
-// thread (nonblocking FFI) and reads lethe_last_error from the JS thread afterwards.
-static std::mutex g_error_mu;
-static std::string g_error;
-
+// Sets lethe_last_error (native/common/abi.cpp).
 static void set_error(const char* fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  std::lock_guard<std::mutex> lock(g_error_mu);
-  g_error = buf;
+  lethe_abi::fail("%s", buf);
 }
 
 static bool cuda_ok(cudaError_t e, const char* what) {
@@ -197,118 +193,26 @@ struct lethe_kv {
   int device = 0;
   int64_t kvDim = 0;
   std::vector<KVLayer> layers;
+  DevBuf plan;  // keep lists and jobs of lethe_kv_compact (not the model's scratch: a forward may be running)
 };
+
+const lethe_model* lethe_kv_model(const lethe_kv* kv) { return kv->m; }
 
 static bool set_device(int device) { return cuda_ok(cudaSetDevice(device), "cudaSetDevice"); }
 
 // ---------------------------------------------------------------------------------------------------------
 // Model
 
-static bool is_global_kind(int kind) {
-  return kind == LETHE_TOK_EMBD || kind == LETHE_OUT_NORM || kind == LETHE_OUTPUT;
-}
+using lethe_abi::is_global_kind;
+using lethe_abi::is_vector_kind;
+using lethe_abi::kind_name;
 
-static bool is_vector_kind(int kind) {
-  return kind == LETHE_ATTN_NORM || kind == LETHE_FFN_NORM || kind == LETHE_OUT_NORM || kind == LETHE_BQ ||
-         kind == LETHE_BK || kind == LETHE_BV;
-}
-
-static void expected_shape(const lethe_config& c, int kind, int64_t* rows, int64_t* cols) {
-  const int64_t qDim = (int64_t)c.n_heads * c.head_dim, kvDim = (int64_t)c.n_kv_heads * c.head_dim;
-  switch (kind) {
-    case LETHE_TOK_EMBD:
-    case LETHE_OUTPUT:
-      *rows = c.vocab_size, *cols = c.dim;
-      break;
-    case LETHE_ATTN_NORM:
-    case LETHE_FFN_NORM:
-    case LETHE_OUT_NORM:
-      *rows = 1, *cols = c.dim;
-      break;
-    case LETHE_WQ:
-      *rows = qDim, *cols = c.dim;
-      break;
-    case LETHE_WK:
-    case LETHE_WV:
-      *rows = kvDim, *cols = c.dim;
-      break;
-    case LETHE_WO:
-      *rows = c.dim, *cols = qDim;
-      break;
-    case LETHE_BQ:
-      *rows = 1, *cols = qDim;
-      break;
-    case LETHE_BK:
-    case LETHE_BV:
-      *rows = 1, *cols = kvDim;
-      break;
-    case LETHE_W_GATE:
-    case LETHE_W_UP:
-      *rows = c.ffn_dim, *cols = c.dim;
-      break;
-    case LETHE_W_DOWN:
-      *rows = c.dim, *cols = c.ffn_dim;
-      break;
-    default:
-      *rows = *cols = -1;
-  }
-}
-
-static const char* kind_name(int kind) {
-  static const char* names[] = {"token_embd", "attn_norm", "wq",       "wk",       "wv",
-                                "wo",         "bq",        "bk",       "bv",       "ffn_norm",
-                                "w_gate",     "w_up",      "w_down",   "out_norm", "output"};
-  return kind >= 0 && kind < LETHE_TENSOR_KIND_COUNT ? names[kind] : "?";
-}
+// The ggml types the kernels take (row_bytes knows them).
+static bool cuda_type_supported(int32_t type) { return row_bytes(type, 32) > 0; }
 
 static void free_tensor(DevTensor& t) {
   if (t.d) cudaFree(t.d);
   t = DevTensor();
-}
-
-static bool validate_config(const lethe_config* c) {
-  if (!c) {
-    set_error("lethe_model_create: cfg is NULL");
-    return false;
-  }
-  const int LIM = 1 << 20;
-  if (c->dim <= 0 || c->dim > LIM || c->n_layers <= 0 || c->n_layers > 4096 || c->n_heads <= 0 ||
-      c->n_heads > 65535 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim > MAX_HEAD_DIM || c->ffn_dim <= 0 ||
-      c->ffn_dim > LIM || c->vocab_size <= 0 || c->vocab_size > (1 << 24)) {
-    set_error("lethe_model_create: dimensions out of range (dim %d, layers %d, heads %d/%d, head_dim %d, ffn %d, "
-              "vocab %d)",
-              c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim, c->vocab_size);
-    return false;
-  }
-  if (c->n_heads % c->n_kv_heads != 0) {
-    set_error("lethe_model_create: n_heads %d is not a multiple of n_kv_heads %d", c->n_heads, c->n_kv_heads);
-    return false;
-  }
-  if (c->head_dim % 2 != 0) {
-    set_error("lethe_model_create: head_dim %d must be even (RoPE pairs)", c->head_dim);
-    return false;
-  }
-  if ((int64_t)c->n_heads * c->head_dim > LIM) {
-    set_error("lethe_model_create: n_heads*head_dim too large");
-    return false;
-  }
-  if (!(c->norm_eps >= 0.f) || !isfinite(c->norm_eps) || !(c->rope_theta > 0.f) || !isfinite(c->rope_theta)) {
-    set_error("lethe_model_create: bad norm_eps %g or rope_theta %g", c->norm_eps, c->rope_theta);
-    return false;
-  }
-  if (c->rope_style != LETHE_ROPE_INTERLEAVED && c->rope_style != LETHE_ROPE_HALF) {
-    set_error("lethe_model_create: unknown rope_style %d", c->rope_style);
-    return false;
-  }
-  if (c->device < 0) {
-    set_error("lethe_model_create: bad device ordinal %d", c->device);
-    return false;
-  }
-  if (c->kv_type != LETHE_KV_F32 && c->kv_type != LETHE_KV_F16) {
-    set_error("lethe_model_create: unknown kv_type %d (0 = f32, 1 = f16)", c->kv_type);
-    return false;
-  }
-  return true;
 }
 
 // Returns the device count (> 0), or -1 with the error set.
@@ -342,7 +246,7 @@ static void model_destroy(lethe_model* m) {
 
 extern "C" LETHE_API lethe_model* lethe_model_create(const lethe_config* cfg) {
   try {
-    if (!validate_config(cfg)) return nullptr;
+    if (!lethe_abi::check_config(cfg)) return nullptr;
     const int n = device_count_or_error();
     if (n < 0) return nullptr;
     if (cfg->device >= n) {
@@ -371,33 +275,13 @@ extern "C" LETHE_API lethe_model* lethe_model_create(const lethe_config* cfg) {
 extern "C" LETHE_API int lethe_model_set_tensor(lethe_model* m, int32_t kind, int32_t layer, int32_t ggml_type,
                                                 const void* data, int64_t rows, int64_t cols) {
   try {
-    if (!m || !data) {
-      set_error("lethe_model_set_tensor: NULL model or data");
+    if (!m) {
+      set_error("lethe_model_set_tensor: model is NULL");
       return 1;
     }
-    if (kind < 0 || kind >= LETHE_TENSOR_KIND_COUNT) {
-      set_error("lethe_model_set_tensor: unknown tensor kind %d", kind);
-      return 1;
-    }
+    if (!lethe_abi::check_tensor(m->cfg, kind, layer, ggml_type, data, rows, cols, cuda_type_supported)) return 1;
     const bool global = is_global_kind(kind);
-    if (!global && (layer < 0 || layer >= m->cfg.n_layers)) {
-      set_error("lethe_model_set_tensor: %s: layer %d out of range [0, %d)", kind_name(kind), layer,
-                m->cfg.n_layers);
-      return 1;
-    }
-    int64_t er, ec;
-    expected_shape(m->cfg, kind, &er, &ec);
-    if (rows != er || cols != ec) {
-      set_error("lethe_model_set_tensor: %s: shape [%lld, %lld], expected [%lld, %lld]", kind_name(kind),
-                (long long)rows, (long long)cols, (long long)er, (long long)ec);
-      return 1;
-    }
     const int64_t rb = row_bytes(ggml_type, cols);
-    if (rb < 0) {
-      set_error("lethe_model_set_tensor: %s: unsupported type %d (or %lld columns not a multiple of 32)",
-                kind_name(kind), ggml_type, (long long)cols);
-      return 1;
-    }
     if (!set_device(m->device)) return 1;
     DevTensor t;
     t.rows = rows;
@@ -517,19 +401,12 @@ extern "C" LETHE_API void lethe_kv_free(lethe_kv* kv) {
   if (!kv) return;
   cudaSetDevice(kv->device);
   for (auto& L : kv->layers) kv_layer_free(L);
+  release(kv->plan);
   delete kv;
 }
 
 static bool kv_layer_ok(lethe_kv* kv, int32_t layer, const char* fn) {
-  if (!kv) {
-    set_error("%s: NULL kv", fn);
-    return false;
-  }
-  if (layer < 0 || layer >= (int32_t)kv->layers.size()) {
-    set_error("%s: layer %d out of range [0, %d)", fn, layer, (int)kv->layers.size());
-    return false;
-  }
-  return true;
+  return lethe_abi::check_kv_layer(kv, layer, kv ? (int32_t)kv->layers.size() : 0, fn);
 }
 
 extern "C" LETHE_API int32_t lethe_kv_len(lethe_kv* kv, int32_t layer) {
@@ -537,66 +414,93 @@ extern "C" LETHE_API int32_t lethe_kv_len(lethe_kv* kv, int32_t layer) {
   return kv->layers[layer].len;
 }
 
-static bool kv_compact_impl(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n) {
-  KVLayer& L = kv->layers[layer];
-  if (n < 0 || (n > 0 && !keep)) {
-    set_error("lethe_kv_compact: bad keep list (n = %d)", n);
-    return false;
-  }
-  int32_t prev = -1;
-  for (int32_t i = 0; i < n; i++) {
-    if (keep[i] <= prev || keep[i] >= L.len) {
-      set_error("lethe_kv_compact: keep indices must be strictly ascending in [0, %d), got %d", L.len, keep[i]);
-      return false;
+// ---- prune plans (lethe.h: keep_len per layer, -1 = unchanged; kept indices concatenated)
+
+// The device jobs of one cache's checked plan: one per layer whose kept rows move (kept rows before the
+// first moved one stay in place). `keepOff` is where the plan's keep_rows start in the keep array on the
+// device. Call after the caches have their capacity for the step (the jobs hold the layers' buffers).
+static void compact_jobs(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows, int64_t keepOff,
+                         std::vector<CompactJob>& jobs) {
+  const int32_t words = (int32_t)(kv->kvDim * kv->m->kvEs / 4);  // kvDim is even: whole 32-bit words
+  int64_t o = 0;
+  for (size_t l = 0; l < kv->layers.size(); l++) {
+    const int32_t n = keep_len[l];
+    if (n < 0) continue;
+    const int32_t* keep = keep_rows + o;
+    int32_t from = 0;
+    while (from < n && keep[from] == from) from++;
+    if (from < n) {
+      KVLayer& L = kv->layers[l];
+      jobs.push_back({(uint32_t*)L.k, (uint32_t*)L.v, keepOff + o, n, from, words, 0});
     }
-    prev = keep[i];
+    o += n;
   }
-  if (n == L.len) return true;  // strictly ascending and in range with n == len: the identity
-  if (n > 0) {
-    if (!set_device(kv->device)) return false;
-    cudaStream_t st = kv->m->stream;
-    uint8_t *k, *v;
-    if (!kv_alloc(kv, L.cap, &k, &v)) return false;
-    int32_t* dkeep = nullptr;
-    bool ok = cuda_ok(cudaMalloc((void**)&dkeep, (size_t)n * 4), "cudaMalloc (compact)") &&
-              cuda_ok(cudaMemcpyAsync(dkeep, keep, (size_t)n * 4, cudaMemcpyHostToDevice, st),
-                      "cudaMemcpyAsync (compact)");
-    // Rows move bit for bit: 4-byte floats, or 2-byte halves (as unsigned short).
-    const int d = (int)kv->kvDim;
-    for (int which = 0; ok && which < 2; which++) {
-      uint8_t* src = which == 0 ? L.k : L.v;
-      uint8_t* dst = which == 0 ? k : v;
-      if (kv->m->kvF16) {
-        LAUNCH(gather_rows_kernel<unsigned short>, n, ROW_THREADS, 0, st, (const unsigned short*)src, dkeep,
-               (unsigned short*)dst, d, n);
-      } else {
-        LAUNCH(gather_rows_kernel<float>, n, ROW_THREADS, 0, st, (const float*)src, dkeep, (float*)dst, d, n);
-      }
-      ok = cuda_ok(cudaGetLastError(), "gather (compact) launch");
-    }
-    ok = ok && cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (compact)");
-    if (dkeep) cudaFree(dkeep);
-    if (!ok) {
-      cudaFree(k);
-      cudaFree(v);
-      return false;
-    }
-    const int32_t cap = L.cap;
-    kv_layer_free(L);
-    L.k = k;
-    L.v = v;
-    L.cap = cap;
+}
+
+// The host side of a checked plan: lengths and positions.
+static void compact_index(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows) {
+  int64_t o = 0;
+  for (size_t l = 0; l < kv->layers.size(); l++) {
+    const int32_t n = keep_len[l];
+    if (n < 0) continue;
+    KVLayer& L = kv->layers[l];
+    lethe_abi::compact_positions(L.pos.data(), keep_rows + o, n);
+    L.pos.resize(n);
+    L.len = n;
+    o += n;
   }
-  for (int32_t i = 0; i < n; i++) L.pos[i] = L.pos[keep[i]];  // keep[i] >= i: in-place forward copy is safe
-  L.pos.resize(n);
-  L.len = n;
+}
+
+// One launch of kv_compact_kernel for every job of a step (jobs and keep lists already on the device).
+static bool launch_compact(cudaStream_t st, const CompactJob* djobs, int nJobs, const int32_t* dkeep,
+                           int32_t maxWords) {
+  if (nJobs == 0) return true;
+  const unsigned chunks = (unsigned)std::min<int64_t>(64, (maxWords + ROW_THREADS - 1) / ROW_THREADS);
+  LAUNCH(kv_compact_kernel, dim3(2 * (unsigned)nJobs, chunks), ROW_THREADS, 0, st, djobs, dkeep);
+  CK_LAUNCH("kv_compact");
   return true;
 }
 
-extern "C" LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, int32_t layer, const int32_t* keep, int32_t n) {
+static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+static bool kv_compact_impl(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows) {
+  if (!lethe_abi::check_plans(1, &kv, (int32_t)kv->layers.size(), keep_len, keep_rows, "lethe_kv_compact")) {
+    return false;
+  }
+  std::vector<CompactJob> jobs;
+  compact_jobs(kv, keep_len, keep_rows, 0, jobs);
+  if (!jobs.empty()) {
+    int64_t nKeep = 0;
+    int32_t maxWords = 0;
+    for (size_t l = 0; l < kv->layers.size(); l++) nKeep += std::max(0, keep_len[l]);
+    for (const CompactJob& J : jobs) maxWords = std::max(maxWords, J.words);
+    const size_t offJobs = align16((size_t)nKeep * 4), bytes = offJobs + jobs.size() * sizeof(CompactJob);
+    std::vector<uint8_t> blob(bytes);
+    memcpy(blob.data(), keep_rows, (size_t)nKeep * 4);
+    memcpy(blob.data() + offJobs, jobs.data(), jobs.size() * sizeof(CompactJob));
+    if (!set_device(kv->device) || !ensure(kv->plan, bytes, "kv plan")) return false;
+    cudaStream_t st = kv->m->stream;
+    uint8_t* d = (uint8_t*)kv->plan.p;
+    if (!cuda_ok(cudaMemcpyAsync(d, blob.data(), bytes, cudaMemcpyHostToDevice, st), "cudaMemcpyAsync (compact)") ||
+        !launch_compact(st, (const CompactJob*)(d + offJobs), (int)jobs.size(), (const int32_t*)d, maxWords) ||
+        !cuda_ok(cudaStreamSynchronize(st), "cudaStreamSynchronize (compact)"))
+      return false;
+  }
+  compact_index(kv, keep_len, keep_rows);
+  return true;
+}
+
+extern "C" LETHE_API int32_t lethe_kv_compact(lethe_kv* kv, const int32_t* keep_len, const int32_t* keep_rows) {
   try {
-    if (!kv_layer_ok(kv, layer, "lethe_kv_compact")) return 1;
-    return kv_compact_impl(kv, layer, keep, n) ? 0 : 1;
+    if (!kv) {
+      set_error("lethe_kv_compact: kv is NULL");
+      return 1;
+    }
+    if (!keep_len) {
+      set_error("lethe_kv_compact: keep_len is NULL");
+      return 1;
+    }
+    return kv_compact_impl(kv, keep_len, keep_rows) ? 0 : 1;
   } catch (const std::bad_alloc&) {
     set_error("lethe_kv_compact: out of host memory");
     return 1;
@@ -647,16 +551,7 @@ extern "C" LETHE_API int32_t lethe_kv_write(lethe_kv* kv, int32_t layer, const f
                                             const int32_t* pos, int32_t n) {
   try {
     if (!kv_layer_ok(kv, layer, "lethe_kv_write")) return 1;
-    if (n < 0 || n > INT32_MAX / 2 || (n > 0 && (!k || !v || !pos))) {
-      set_error("lethe_kv_write: bad arguments (n = %d, k/v/pos must be non-NULL when n > 0)", n);
-      return 1;
-    }
-    for (int32_t i = 0; i < n; i++) {
-      if (pos[i] < 0) {
-        set_error("lethe_kv_write: negative position %d at row %d", pos[i], i);
-        return 1;
-      }
-    }
+    if (!lethe_abi::check_rows(n, k, v, pos, "lethe_kv_write")) return 1;
     KVLayer& L = kv->layers[layer];
     if (!set_device(kv->device)) return 1;
     if (n > L.cap) {
@@ -711,7 +606,6 @@ extern "C" LETHE_API int64_t lethe_kv_bytes(lethe_kv* kv) {
 // ---------------------------------------------------------------------------------------------------------
 // Forward
 
-static const int64_t MAX_ROWS = 1 << 18;                 // tokens per forward (matmul grid.y limit is 65535·8)
 // Attention probabilities held per chunk of rows (64 MiB); the emulator test builds with a tiny budget so that
 // multi-chunk attention and the score accumulation across chunks are exercised.
 #ifndef LETHE_ATT_BUDGET_FLOATS
@@ -778,19 +672,18 @@ static bool launch_embed(lethe_model* m, const DevTensor& E, const int32_t* toke
   return true;
 }
 
-static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
-
-static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
-                         const int32_t* n_tokens, const int32_t* start_pos, const int32_t* logits_mode,
-                         float* logits_out, const float* score_decay, const int32_t* score_window,
-                         float** scores_out) {
+static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* keep_len,
+                         const int32_t* keep_rows, const int32_t* tokens, const int32_t* n_tokens,
+                         const int32_t* start_pos, const int32_t* logits_mode, float* logits_out,
+                         const float* score_decay, const int32_t* score_window, float** scores_out) {
   const lethe_config& c = m->cfg;
   const int nL = c.n_layers, dim = c.dim, nH = c.n_heads, nKV = c.n_kv_heads, hd = c.head_dim;
   const int qDim = nH * hd, kvDim = nKV * hd, ffn = c.ffn_dim, vocab = c.vocab_size;
 
   // ---- validate
-  if (n_seq <= 0 || !kvs || !tokens || !n_tokens || !start_pos || !logits_mode) {
-    set_error("lethe_forward: n_seq must be >= 1 and kvs/tokens/n_tokens/start_pos/logits_mode non-NULL");
+  int64_t N = 0, NL = 0;
+  if (!lethe_abi::check_forward(m, c, n_seq, kvs, keep_len, keep_rows, tokens, n_tokens, start_pos, logits_mode,
+                                logits_out, score_decay, score_window, &N, &NL)) {
     return false;
   }
   const DevTensor& embd = m->glob[LETHE_TOK_EMBD];
@@ -808,54 +701,10 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
         set_error("lethe_forward: tensor %s of layer %d not set", kind_name(kind), l);
         return false;
       }
-  std::unordered_set<lethe_kv*> seen;
-  int64_t N = 0, NL = 0;
-  for (int s = 0; s < n_seq; s++) {
-    if (!kvs[s] || kvs[s]->m != m) {
-      set_error("lethe_forward: kvs[%d] is NULL or belongs to another model", s);
-      return false;
-    }
-    if (!seen.insert(kvs[s]).second) {
-      set_error("lethe_forward: kvs[%d] appears twice in the batch", s);
-      return false;
-    }
-    if (n_tokens[s] < 1) {
-      set_error("lethe_forward: n_tokens[%d] = %d (must be >= 1)", s, n_tokens[s]);
-      return false;
-    }
-    if (start_pos[s] < 0 || (int64_t)start_pos[s] + n_tokens[s] > INT32_MAX) {
-      set_error("lethe_forward: start_pos[%d] = %d out of range", s, start_pos[s]);
-      return false;
-    }
-    if (logits_mode[s] < 0 || logits_mode[s] > 2) {
-      set_error("lethe_forward: logits_mode[%d] = %d (0 none, 1 last, 2 all)", s, logits_mode[s]);
-      return false;
-    }
-    N += n_tokens[s];
-    NL += logits_mode[s] == 1 ? 1 : logits_mode[s] == 2 ? n_tokens[s] : 0;
-    if (N > MAX_ROWS) {
-      set_error("lethe_forward: more than %lld tokens in one step", (long long)MAX_ROWS);
-      return false;
-    }
-  }
-  if (NL > 0 && !logits_out) {
-    set_error("lethe_forward: logits_out is NULL but logits were requested");
-    return false;
-  }
-  for (int64_t i = 0; i < N; i++) {
-    if (tokens[i] < 0 || tokens[i] >= vocab) {
-      set_error("lethe_forward: token id %d out of range [0, %d)", tokens[i], vocab);
-      return false;
-    }
-  }
   std::vector<int> wantScores(n_seq, 0);
   int nJobs = 0;
   for (int s = 0; s < n_seq; s++) {
     if (score_decay && score_window && score_window[s] > 0) {
-      if (!isfinite(score_decay[s])) {
-        set_error("lethe_forward: score_decay[%d] is not finite", s);
-        return false;
-      }
       wantScores[s] = 1;
       nJobs++;
     }
@@ -863,10 +712,28 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
 
   if (!set_device(m->device)) return false;
 
-  // ---- grow caches for the append
+  // ---- grow caches for the append: room for the rows held now and for the kept rows + the new ones
   for (int s = 0; s < n_seq; s++)
-    for (int l = 0; l < nL; l++)
-      if (!kv_reserve(kvs[s], l, (int64_t)kvs[s]->layers[l].len + n_tokens[s])) return false;
+    for (int l = 0; l < nL; l++) {
+      const int32_t len = kvs[s]->layers[l].len, kept = keep_len ? keep_len[(int64_t)s * nL + l] : -1;
+      if (!kv_reserve(kvs[s], l, std::max<int64_t>(len, (kept >= 0 ? kept : len) + (int64_t)n_tokens[s]))) {
+        return false;
+      }
+    }
+
+  // ---- the step's prune plans: device jobs (one launch, first on the stream), then the host index
+  std::vector<CompactJob> cjobs;
+  int64_t nKeep = 0;
+  int32_t maxWords = 0;
+  if (keep_len) {
+    for (int s = 0; s < n_seq; s++) {
+      const int32_t* kl = keep_len + (int64_t)s * nL;
+      compact_jobs(kvs[s], kl, keep_rows + nKeep, nKeep, cjobs);
+      compact_index(kvs[s], kl, keep_rows + nKeep);
+      for (int l = 0; l < nL; l++) nKeep += std::max(0, kl[l]);
+    }
+    for (const CompactJob& J : cjobs) maxWords = std::max(maxWords, J.words);
+  }
 
   // ---- host metadata
   std::vector<int32_t> firstRow(n_seq), rowSeq(N), rowT(N);
@@ -883,7 +750,9 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   const size_t offLRows = align16(offW + (size_t)N * 4);
   const size_t offMeta = align16(offLRows + (size_t)NL * 4);
   const size_t offJobs = align16(offMeta + (size_t)nL * N * sizeof(RowMeta));
-  const size_t metaBytes = align16(offJobs + (size_t)nL * nJobs * sizeof(ScoreJob));
+  const size_t offKeep = align16(offJobs + (size_t)nL * nJobs * sizeof(ScoreJob));
+  const size_t offCJobs = align16(offKeep + (size_t)nKeep * 4);
+  const size_t metaBytes = align16(offCJobs + cjobs.size() * sizeof(CompactJob));
   m->hmeta.assign(metaBytes, 0);
   uint8_t* hblob = m->hmeta.data();
   int32_t* hTok = (int32_t*)(hblob + offTok);
@@ -893,6 +762,8 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   RowMeta* hMeta = (RowMeta*)(hblob + offMeta);
   ScoreJob* hJobs = (ScoreJob*)(hblob + offJobs);
   memcpy(hTok, tokens, (size_t)N * 4);
+  if (nKeep > 0) memcpy(hblob + offKeep, keep_rows, (size_t)nKeep * 4);
+  if (!cjobs.empty()) memcpy(hblob + offCJobs, cjobs.data(), cjobs.size() * sizeof(CompactJob));
   {
     int64_t li = 0;
     for (int s = 0; s < n_seq; s++) {
@@ -973,8 +844,11 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   cudaStream_t st = m->stream;
   const int n = (int)N;
 
-  // ---- enqueue the whole step
+  // ---- enqueue the whole step: the plans' compaction first, then the layers
   CK(cudaMemcpyAsync(db, hblob, metaBytes, cudaMemcpyHostToDevice, st));
+  if (!launch_compact(st, (const CompactJob*)(db + offCJobs), (int)cjobs.size(), (const int32_t*)(db + offKeep),
+                      maxWords))
+    return false;
   if (outFloats > logitFloats)
     CK(cudaMemsetAsync(out + logitFloats, 0, (size_t)(outFloats - logitFloats) * 4, st));
   if (!launch_embed(m, embd, dTok, n, x)) return false;
@@ -1050,17 +924,18 @@ static bool forward_impl(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const in
   return true;
 }
 
-extern "C" LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* tokens,
-                                           const int32_t* n_tokens, const int32_t* start_pos,
-                                           const int32_t* logits_mode, float* logits_out, const float* score_decay,
-                                           const int32_t* score_window, float** scores_out) {
+extern "C" LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_kv** kvs, const int32_t* keep_len,
+                                           const int32_t* keep_rows, const int32_t* tokens, const int32_t* n_tokens,
+                                           const int32_t* start_pos, const int32_t* logits_mode, float* logits_out,
+                                           const float* score_decay, const int32_t* score_window,
+                                           float** scores_out) {
   if (!m) {
-    set_error("lethe_forward: NULL model");
+    set_error("lethe_forward: model is NULL");
     return 1;
   }
   try {
-    return forward_impl(m, n_seq, kvs, tokens, n_tokens, start_pos, logits_mode, logits_out, score_decay,
-                        score_window, scores_out)
+    return forward_impl(m, n_seq, kvs, keep_len, keep_rows, tokens, n_tokens, start_pos, logits_mode, logits_out,
+                        score_decay, score_window, scores_out)
                ? 0
                : 1;
   } catch (const std::bad_alloc&) {
@@ -1071,13 +946,6 @@ extern "C" LETHE_API int32_t lethe_forward(lethe_model* m, int32_t n_seq, lethe_
 
 // ---------------------------------------------------------------------------------------------------------
 // Info
-
-extern "C" LETHE_API const char* lethe_last_error(void) {
-  static thread_local std::string copy;  // stable for the caller until its next call
-  std::lock_guard<std::mutex> lock(g_error_mu);
-  copy = g_error;
-  return copy.c_str();
-}
 
 extern "C" LETHE_API int32_t lethe_device_count(void) { return device_count_or_error(); }
 

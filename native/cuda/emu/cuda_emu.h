@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #define __global__
@@ -91,6 +93,9 @@ inline unsigned current = 0;
 inline const std::function<void()>* body = nullptr;
 inline std::vector<float> shfl;
 constexpr size_t STACK = 64 * 1024;
+// Calls counted by name (kernel launches by the kernel's name, and the runtime calls that allocate or wait),
+// read by the tests through lethe_emu_count.
+inline std::map<std::string, int64_t> counts;
 
 // Switch from fiber `current` back to the scheduler (a __syncthreads).
 inline void yield_to_scheduler() {
@@ -170,6 +175,12 @@ void launch(dim3 grid, dim3 block, F kernelBody) {
 
 inline void __syncthreads() { emu::yield_to_scheduler(); }
 
+// How often `what` (a kernel name such as "kv_compact_kernel", or "cudaMalloc", "cudaStreamSynchronize") ran.
+extern "C" __attribute__((visibility("default"))) int64_t lethe_emu_count(const char* what) {
+  auto it = emu::counts.find(what);
+  return it == emu::counts.end() ? 0 : it->second;
+}
+
 inline float __shfl_down_sync(unsigned, float v, int off) {
   const unsigned t = threadIdx.x;
   emu::shfl[t] = v;
@@ -226,6 +237,7 @@ inline cudaError_t cudaGetDeviceCount(int* n) {
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  emu::counts["cudaMalloc"]++;
   *p = malloc(bytes ? bytes : 1);
   if (!*p) return cudaErrorMemoryAllocation;
   memset(*p, 0xff, bytes);  // NaN garbage: reading memory never written shows up in the results
@@ -254,7 +266,10 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   *s = (void*)1;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  emu::counts["cudaStreamSynchronize"]++;
+  return cudaSuccess;
+}
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaRuntimeGetVersion(int* v) {
   *v = 0;
