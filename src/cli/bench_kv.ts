@@ -17,7 +17,8 @@ import { BACKEND_CHOICES, type BackendChoice, openBackend } from "../engine/sele
 import type { KVPrecision } from "../engine/backend.ts";
 import { Sequence } from "../engine/sequence.ts";
 import { GREEDY } from "../engine/sampler.ts";
-import { createPolicy, type PolicySpec } from "../kv/policy.ts";
+import type { PolicySpec } from "../kv/contract.ts";
+import { createPolicy } from "../kv/registry.ts";
 import { resolve } from "node:path";
 
 const USAGE = `usage: deno task bench:kv [options]

@@ -25,7 +25,9 @@ import { type BackendChoice, openBackend } from "../engine/select.ts";
 import { createTsBackend } from "../engine/ts/backend.ts";
 import type { Backend, StepInput } from "../engine/backend.ts";
 import type { SequenceKV } from "../kv/cache.ts";
-import { createPolicy, type KVPolicy, parsePolicySpec, POLICY_NAMES, type PolicySpec } from "../kv/policy.ts";
+import type { PrunePlan } from "../kv/kv_index.ts";
+import type { KVPolicy, PolicyShape, PolicySpec } from "../kv/contract.ts";
+import { createPolicy, parsePolicySpec, POLICY_NAMES } from "../kv/registry.ts";
 import { splitStories, tokenizeStories, windows } from "../eval/text.ts";
 import { resolve } from "node:path";
 
@@ -145,26 +147,38 @@ function kl(p: Float64Array, q: Float64Array): number {
 interface Seq {
   kv: SequenceKV;
   policy: KVPolicy;
+  /** The policy's plan from the last step, applied by the next one. */
+  plan: PrunePlan | null;
 }
 
-/** One decode step for every sequence (each its own token), policies pruning after it. */
+function newSeq(backend: Backend, spec: PolicySpec, shape: PolicyShape): Seq {
+  return { kv: backend.createKV(), policy: createPolicy(spec, shape), plan: null };
+}
+
+/** One decode step for every sequence (each its own token), policies deciding after it. */
 async function stepAll(backend: Backend, seqs: Seq[], tokens: number[]): Promise<Float32Array[]> {
   const batch: StepInput[] = seqs.map((s, i) => ({
     kv: s.kv,
     tokens: [tokens[i]],
     logits: "last",
     scores: s.policy.scoreRequest("decode", 1),
+    compact: s.plan ?? undefined,
   }));
   const outs = await backend.forward(batch);
-  seqs.forEach((s, i) => s.policy.afterStep(s.kv, outs[i].scores, 1, "decode"));
+  seqs.forEach((s, i) => s.plan = s.policy.afterStep(s.kv, outs[i].scores, 1, "decode").plan);
   return outs.map((o) => o.logits);
 }
 
-function keptMean(kv: SequenceKV, nLayers: number): { mean: number; max: number } {
+/** Rows per layer once the pending plan is applied. */
+function keptRows(s: Seq, l: number): number {
+  return s.plan?.[l]?.length ?? s.kv.length(l);
+}
+
+function keptMean(s: Seq, nLayers: number): { mean: number; max: number } {
   let sum = 0, max = 0;
   for (let l = 0; l < nLayers; l++) {
-    sum += kv.length(l);
-    max = Math.max(max, kv.length(l));
+    sum += keptRows(s, l);
+    max = Math.max(max, keptRows(s, l));
   }
   return { mean: sum / nLayers, max };
 }
@@ -196,8 +210,8 @@ async function evalModel(
   let fullNll = 0, count = 0;
 
   for (const w of wins) {
-    const seqs: Seq[] = [{ kv: backend.createKV(), policy: createPolicy({ name: "full" }, cfgShape) }];
-    for (const c of cfgs) seqs.push({ kv: backend.createKV(), policy: createPolicy(c.spec, cfgShape) });
+    const seqs: Seq[] = [newSeq(backend, { name: "full" }, cfgShape)];
+    for (const c of cfgs) seqs.push(newSeq(backend, c.spec, cfgShape));
     for (let t = 0; t + 1 < w.length; t++) {
       const logits = await stepAll(backend, seqs, seqs.map(() => w[t]));
       const pFull = logSoftmax(logits[0]);
@@ -211,7 +225,7 @@ async function evalModel(
         a.nll -= q[target];
         a.kl += kl(pFull, q);
         if (argmax(q) === top) a.top1++;
-        const k = keptMean(seqs[i + 1].kv, nL);
+        const k = keptMean(seqs[i + 1], nL);
         a.kept += k.mean;
         a.peak = Math.max(a.peak, k.mean);
         a.peakLayer = Math.max(a.peakLayer, k.max);
@@ -230,8 +244,8 @@ async function evalModel(
   });
   const genLen = Math.min(opts.genLen, model.config.contextLength - 17);
   for (const prompt of openings) {
-    const seqs: Seq[] = [{ kv: backend.createKV(), policy: createPolicy({ name: "full" }, cfgShape) }];
-    for (const c of cfgs) seqs.push({ kv: backend.createKV(), policy: createPolicy(c.spec, cfgShape) });
+    const seqs: Seq[] = [newSeq(backend, { name: "full" }, cfgShape)];
+    for (const c of cfgs) seqs.push(newSeq(backend, c.spec, cfgShape));
     // the prompt is fed through the decode path too, so policies see the same steps as in (a)
     let logits: Float32Array[] = [];
     for (const t of prompt) logits = await stepAll(backend, seqs, seqs.map(() => t));

@@ -6,7 +6,7 @@ import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./common.ts";
 import { loadModel, SHARED_MODELS } from "../model/loader.ts";
 import { BACKEND_CHOICES, type BackendChoice, openBackend } from "../engine/select.ts";
 import { runSequence, Sequence } from "../engine/sequence.ts";
-import { createPolicy } from "../kv/policy.ts";
+import { createPolicy } from "../kv/registry.ts";
 import type { SamplingParams } from "../engine/sampler.ts";
 
 const USAGE = `usage: deno task generate --model PATH --prompt TEXT [options]

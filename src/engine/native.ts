@@ -8,16 +8,26 @@
  * The dlopen'd library is never closed: with OpenMP worker threads alive, Deno crashes at exit if it is.
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, BackendName, KVPrecision, StepInput, StepOutput } from "./backend.ts";
-import { HostKVCache, type KVShape, type SequenceKV } from "../kv/cache.ts";
+import {
+  type Backend,
+  type BackendName,
+  checkBatch,
+  type KVPrecision,
+  type StepInput,
+  type StepOutput,
+} from "./backend.ts";
+import { HostKVCache, type SequenceKV } from "../kv/cache.ts";
+import { checkShape, KVIndex, type KVShape, type PrunePlan } from "../kv/kv_index.ts";
 import { GGMLType, type ModelConfig, type ModelWeights, type Tensor } from "../model/types.ts";
 import { dequantize } from "../model/ggml.ts";
 
-/** lethe_forward(model, n_seq, kvs, tokens, n_tokens, start_pos, logits_mode, logits_out, score_decay,
- * score_window, scores_out) — see native/lethe.h. */
+/** lethe_forward(model, n_seq, kvs, keep_len, keep_rows, tokens, n_tokens, start_pos, logits_mode, logits_out,
+ * score_decay, score_window, scores_out) — see native/lethe.h. */
 const FORWARD_PARAMS = [
   "pointer",
   "i32",
+  "buffer",
+  "buffer",
   "buffer",
   "buffer",
   "buffer",
@@ -39,7 +49,7 @@ const SYMBOLS = {
   lethe_kv_create: { parameters: ["pointer"], result: "pointer" },
   lethe_kv_free: { parameters: ["pointer"], result: "void" },
   lethe_kv_len: { parameters: ["pointer", "i32"], result: "i32" },
-  lethe_kv_compact: { parameters: ["pointer", "i32", "buffer", "i32"], result: "i32" },
+  lethe_kv_compact: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   lethe_kv_read: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer"], result: "i32" },
   lethe_kv_write: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer", "i32"], result: "i32" },
   lethe_kv_bytes: { parameters: ["pointer"], result: "i64" },
@@ -57,7 +67,7 @@ const SYMBOLS = {
   lethe_last_error: { parameters: [], result: "pointer" },
   lethe_device_count: { parameters: [], result: "i32" },
   lethe_backend_info: { parameters: [], result: "pointer" },
-  lethe_abi_version: { parameters: [], result: "i32", optional: true },
+  lethe_abi_version: { parameters: [], result: "i32" },
 } as const;
 
 type LetheLib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -90,6 +100,9 @@ const NATIVE_TYPES = new Set<number>([
   GGMLType.BF16,
 ]);
 
+/** The lethe.h ABI version this binding speaks (lethe_abi_version() of the library must match). */
+export const LETHE_ABI_VERSION = 2;
+
 /** Multiply-adds per step above which forward runs on a worker thread (keeps the event loop responsive). */
 const ASYNC_WORK = 4e6;
 
@@ -106,6 +119,11 @@ export interface NativeOptions {
   threads?: number;
   /** CUDA device ordinal. */
   device?: number;
+  /**
+   * CPU: multiply-adds below which a matmul or attention runs on one thread, for this model only (0 or absent:
+   * the library's default).
+   */
+  parallelWork?: number;
 }
 
 /** Where the library of `lib` is expected: env LETHE_NATIVE_LIB_DIR, else native/build of this repo. */
@@ -138,6 +156,12 @@ export function loadNativeLibrary(path: string): LetheLib {
   } catch (e) {
     throw new Error(`cannot load native library ${path}: ${(e as Error).message}`);
   }
+  const abi = lib.symbols.lethe_abi_version();
+  if (abi !== LETHE_ABI_VERSION) {
+    throw new Error(
+      `native library ${path} speaks lethe.h ABI ${abi}, this binding ${LETHE_ABI_VERSION} (run \`deno task build:native\`)`,
+    );
+  }
   loaded.set(path, lib.symbols);
   return lib.symbols;
 }
@@ -167,17 +191,43 @@ function tensorRowsCols(t: Tensor): [number, number] {
   throw new Error(`tensor ${t.name}: expected 1 or 2 dims, got [${t.shape.join(", ")}]`);
 }
 
+/**
+ * Prune plans in lethe.h's packed form: per sequence and layer (index s·nLayers + l) the number of rows kept,
+ * -1 where the layer stays as it is, and the kept row indices of every compacted layer concatenated in that
+ * order. Null when no sequence has a plan.
+ */
+export function packPlans(plans: (PrunePlan | undefined)[], nLayers: number): {
+  lens: Int32Array<ArrayBuffer>;
+  rows: Int32Array<ArrayBuffer>;
+} | null {
+  if (plans.every((p) => !p)) return null;
+  const lens = new Int32Array(plans.length * nLayers).fill(-1);
+  let total = 0;
+  plans.forEach((p, s) =>
+    p?.forEach((keep, l) => keep && (lens[s * nLayers + l] = keep.length, total += keep.length))
+  );
+  const rows = new Int32Array(Math.max(1, total));
+  let o = 0;
+  for (const p of plans) {
+    if (!p) continue;
+    for (const keep of p) {
+      if (keep) {
+        rows.set(keep, o);
+        o += keep.length;
+      }
+    }
+  }
+  return { lens, rows };
+}
+
 /** The sequence cache of a native backend: K/V live in the library (host or device memory). */
 export class NativeKV implements SequenceKV {
   readonly shape: KVShape;
-  nextPos = 0;
-  /** Mirror of the library's per-layer lengths (kept in step by every call that changes them). */
-  readonly lens: Int32Array;
   /**
-   * Mirror of each layer's row positions (rows 0..lens[l]), kept in step like `lens`, so positions() — read by
-   * policies every decode step — is a view, not an FFI call and an allocation.
+   * The rows the library holds, mirrored (lengths, positions, nextPos) by every call that changes them, so
+   * length() and positions() — read by policies every decode step — are views, not FFI calls.
    */
-  #pos: Int32Array[];
+  readonly index: KVIndex;
   #ptr: Deno.PointerValue;
   readonly #lib: LetheLib;
   readonly owner: NativeBackend;
@@ -187,55 +237,33 @@ export class NativeKV implements SequenceKV {
     this.#lib = lib;
     this.#ptr = ptr;
     this.shape = { ...shape };
-    this.lens = new Int32Array(shape.nLayers);
-    this.#pos = Array.from({ length: shape.nLayers }, () => new Int32Array(16));
+    this.index = new KVIndex(shape.nLayers);
   }
 
-  /** Record that a forward step appended `T` rows (positions nextPos…) to every layer. */
-  noteAppend(T: number): void {
-    for (let l = 0; l < this.shape.nLayers; l++) {
-      const n = this.lens[l];
-      let p = this.#pos[l];
-      if (n + T > p.length) {
-        let cap = p.length;
-        while (cap < n + T) cap *= 2;
-        const next = new Int32Array(cap);
-        next.set(p.subarray(0, n));
-        this.#pos[l] = p = next;
-      }
-      for (let t = 0; t < T; t++) p[n + t] = this.nextPos + t;
-      this.lens[l] = n + T;
-    }
-    this.nextPos += T;
+  get nextPos(): number {
+    return this.index.nextPos;
   }
 
   /** The lethe_kv handle (throws once freed). */
   get ptr(): Deno.PointerObject {
-    if (this.#ptr === null) throw new Error("NativeKV used after free()");
-    return this.#ptr;
-  }
-
-  #layer(layer: number): number {
-    if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.nLayers) {
-      throw new RangeError(`layer ${layer} out of range [0, ${this.shape.nLayers})`);
-    }
-    return layer;
+    this.index.live();
+    return this.#ptr as Deno.PointerObject;
   }
 
   length(layer: number): number {
-    return this.lens[this.#layer(layer)];
+    return this.index.length(layer);
   }
 
   positions(layer: number): Int32Array {
-    return this.#pos[this.#layer(layer)].subarray(0, this.lens[layer]);
+    return this.index.positions(layer);
   }
 
-  compact(layer: number, keep: Int32Array): void {
-    this.#layer(layer);
-    check(this.#lib, this.#lib.lethe_kv_compact(this.ptr, layer, keep, keep.length), "kv compact");
-    const p = this.#pos[layer];
-    for (let i = 0; i < keep.length; i++) p[i] = p[keep[i]];
-    this.lens[layer] = keep.length;
+  compact(plan: PrunePlan): void {
+    this.index.check(plan);
+    const packed = packPlans([plan], this.shape.nLayers);
+    if (!packed) return;
+    check(this.#lib, this.#lib.lethe_kv_compact(this.ptr, packed.lens, packed.rows), "kv compact");
+    this.index.compact(plan);
   }
 
   bytes(): number {
@@ -244,48 +272,40 @@ export class NativeKV implements SequenceKV {
 
   toHost(): HostKVCache {
     let max = 1;
-    for (const n of this.lens) max = Math.max(max, n);
+    for (const n of this.index.len) max = Math.max(max, n);
     const host = new HostKVCache(this.shape, max, this.owner.kvPrecision);
     for (let l = 0; l < this.shape.nLayers; l++) {
       check(this.#lib, this.#lib.lethe_kv_read(this.ptr, l, host.k[l], host.v[l], host.pos[l]), "kv read");
-      host.len[l] = this.lens[l];
+      host.len[l] = this.index.len[l];
     }
     host.nextPos = this.nextPos;
     return host;
   }
 
   loadFrom(host: HostKVCache): void {
-    const s = host.shape;
-    if (
-      s.nLayers !== this.shape.nLayers || s.nKVHeads !== this.shape.nKVHeads ||
-      s.headDim !== this.shape.headDim
-    ) {
-      throw new Error(
-        `KV shape mismatch: have ${JSON.stringify(this.shape)}, snapshot has ${JSON.stringify(s)}`,
-      );
-    }
-    const kvDim = s.nKVHeads * s.headDim;
-    for (let l = 0; l < s.nLayers; l++) {
+    checkShape(this.shape, host.shape);
+    const kvDim = host.kvDim;
+    for (let l = 0; l < this.shape.nLayers; l++) {
       const n = host.len[l];
       if (host.k[l].length < n * kvDim || host.v[l].length < n * kvDim || host.pos[l].length < n) {
         throw new Error(`KV snapshot layer ${l} holds fewer rows than its length ${n}`);
       }
+    }
+    for (let l = 0; l < this.shape.nLayers; l++) {
       check(
         this.#lib,
-        this.#lib.lethe_kv_write(this.ptr, l, host.k[l], host.v[l], host.pos[l], n),
+        this.#lib.lethe_kv_write(this.ptr, l, host.k[l], host.v[l], host.pos[l], host.len[l]),
         "kv write",
       );
-      this.#pos[l] = Int32Array.from(host.pos[l].subarray(0, Math.max(n, 1)));
-      this.lens[l] = n;
     }
-    this.nextPos = host.nextPos;
+    this.index.load(host.len, host.pos, host.nextPos);
   }
 
   free(): void {
     if (this.#ptr === null) return;
     this.#lib.lethe_kv_free(this.#ptr);
     this.#ptr = null;
-    this.lens.fill(0);
+    this.index.free();
   }
 }
 
@@ -349,18 +369,11 @@ export class NativeBackend implements Backend {
     const n = batch.length;
     if (n === 0) return [];
     const L = c.nLayers, V = c.vocabSize;
+    checkBatch(batch, this, (kv) => kv instanceof NativeKV && kv.owner === this && kv.ptr !== null);
+    const plans = packPlans(batch.map((b) => b.compact), L);
     let total = 0, nLogits = 0;
-    const kvs: NativeKV[] = new Array(n);
-    for (let s = 0; s < n; s++) {
-      const b = batch[s];
-      const kv = b.kv;
-      if (!(kv instanceof NativeKV) || kv.owner !== this) {
-        throw new Error(
-          `forward: sequence ${s} has a cache that does not belong to this ${this.name} backend`,
-        );
-      }
-      kvs[s] = kv;
-      if (b.tokens.length === 0) throw new Error(`forward: sequence ${s} has no tokens`);
+    const kvs = batch.map((b) => b.kv as NativeKV);
+    for (const b of batch) {
       total += b.tokens.length;
       nLogits += b.logits === "all" ? b.tokens.length : b.logits === "last" ? 1 : 0;
     }
@@ -393,15 +406,13 @@ export class NativeBackend implements Backend {
       kvPtrs[s] = BigInt(Deno.UnsafePointer.value(kv.ptr));
       const sr = b.scores;
       if (sr && sr.window > 0) {
-        if (!(sr.decay >= 0) || !Number.isFinite(sr.decay)) {
-          throw new Error(`forward: bad score decay ${sr.decay}`);
-        }
         scorePtrs ??= this.#ptrs.subarray(n, n + n * L).fill(0n);
         decay[s] = sr.decay;
         window[s] = Math.min(sr.window, 0x7fffffff);
         const per: Float32Array[] = [];
         for (let l = 0; l < L; l++) {
-          const a = new Float32Array(kv.lens[l] + T);
+          const kept = b.compact?.[l];
+          const a = new Float32Array((kept ? kept.length : kv.index.len[l]) + T);
           per.push(a);
           scorePtrs[s * L + l] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a)));
         }
@@ -416,6 +427,8 @@ export class NativeBackend implements Backend {
       this.model,
       n,
       kvPtrs,
+      plans?.lens ?? null,
+      plans?.rows ?? null,
       tokens,
       nTok,
       start,
@@ -444,7 +457,8 @@ export class NativeBackend implements Backend {
       const b = batch[s];
       const kv = kvs[s];
       const T = b.tokens.length;
-      kv.noteAppend(T);
+      if (b.compact) kv.index.compact(b.compact);
+      kv.index.append(T);
       const rows = b.logits === "all" ? T : b.logits === "last" ? 1 : 0;
       const lg = logits.subarray(lo * V, (lo + rows) * V);
       lo += rows;
@@ -498,7 +512,11 @@ export function openNativeBackend(
   }
   const c = config;
   if (c.headDim % 2 !== 0) throw new Error(`native backend: headDim ${c.headDim} must be even`);
-  const cfg = new ArrayBuffer(52);
+  const pw = opts.parallelWork ?? 0;
+  if (!Number.isInteger(pw) || pw < 0 || pw > 0x7fffffff) {
+    throw new Error(`${kind} backend: parallelWork must be an integer >= 0, got ${pw}`);
+  }
+  const cfg = new ArrayBuffer(56); // lethe_config: 14 × 4 bytes
   const dv = new DataView(cfg);
   const ints = [c.dim, c.nLayers, c.nHeads, c.nKVHeads, c.headDim, c.ffnDim, c.vocabSize];
   ints.forEach((v, i) => dv.setInt32(i * 4, v, true));
@@ -508,6 +526,7 @@ export function openNativeBackend(
   dv.setInt32(40, opts.threads ?? 0, true);
   dv.setInt32(44, opts.device ?? 0, true);
   dv.setInt32(48, kvPrecision === "f16" ? 1 : 0, true); // kv_type: LETHE_KV_F32 / LETHE_KV_F16
+  dv.setInt32(52, pw, true); // parallel_work (0: the library's default)
   const model = lib.lethe_model_create(new Uint8Array(cfg));
   if (model === null) throw new Error(`${kind} model create: ${lastError(lib)}`);
   try {

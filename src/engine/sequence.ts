@@ -5,10 +5,14 @@
  * Invariant: `tokens` is the whole history; the first `kv.nextPos` of them are in the KV cache, the rest
  * are pending and go into the next forward call(s). A finished sequence's last sampled token stays pending,
  * so a resumed session feeds it together with the next turn's tokens.
+ *
+ * Pruning: after each step the policy decides what each layer keeps; that plan rides in the next step's input
+ * (`StepInput.compact`) and the backend applies it there. A plan still pending when the sequence finishes is
+ * applied by `settle()`, so a finished sequence's cache, stats and policy state describe the same rows.
  */
 import type { Backend, StepInput, StepOutput } from "./backend.ts";
-import type { SequenceKV } from "../kv/cache.ts";
-import type { KVPolicy, Phase } from "../kv/policy.ts";
+import type { PrunePlan, SequenceKV } from "../kv/cache.ts";
+import type { KVPolicy, Phase } from "../kv/contract.ts";
 import type { StreamDecoder, Tokenizer } from "../model/tokenizer/types.ts";
 import { Sampler, type SamplingParams } from "./sampler.ts";
 
@@ -61,6 +65,8 @@ export class Sequence {
   private lastN = 0;
   /** Decoded text not yet emitted because it may be the start of a stop string. */
   private held = "";
+  /** The policy's plan from the last step, not yet applied to the cache. */
+  #plan: PrunePlan | null = null;
 
   constructor(
     backend: Backend,
@@ -122,18 +128,38 @@ export class Sequence {
     const isLastChunk = n === this.pending;
     this.lastPhase = this.generated > 0 && n === 1 ? "decode" : "prefill";
     this.lastN = n;
-    return {
+    const input: StepInput = {
       kv: this.kv,
       tokens: chunk,
       logits: isLastChunk ? "last" : "none",
       scores: this.policy.scoreRequest(this.lastPhase, n),
     };
+    if (this.#plan) input.compact = this.#plan;
+    return input;
   }
 
+  /** Take the outputs of the step made from `nextInput()` (which applied the pending plan). */
   accept(out: StepOutput): SequenceEvent {
-    this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase);
+    this.#plan = this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase).plan;
     if (this.lastPhase === "prefill") this.prefilled += this.lastN;
     if (this.pending > 0) return { token: null, text: "", finished: false };
+    const ev = this.#sample(out);
+    if (ev.finished) this.settle();
+    return ev;
+  }
+
+  /**
+   * Apply the pending prune plan to the cache now (`SequenceKV.compact`): the one place outside a step that
+   * does. A sequence that finishes in a step settles itself; call it between steps, never while a step of
+   * this sequence is in flight.
+   */
+  settle(): void {
+    if (!this.#plan) return;
+    this.kv.compact(this.#plan);
+    this.#plan = null;
+  }
+
+  #sample(out: StepOutput): SequenceEvent {
     if (!this.decoderPrimed) {
       // Decode in context: the token before the first generated one decides e.g. the leading-space rule.
       if (this.tokens.length > 0) this.decoder.push(this.tokens[this.tokens.length - 1]);
@@ -199,7 +225,9 @@ export class Sequence {
     };
   }
 
+  /** Cache and pruning figures (settles a pending plan first, so they describe the rows the policy kept). */
   stats(): SequenceStats {
+    this.settle();
     const keptPerLayer: number[] = [];
     for (let l = 0; l < this.kv.shape.nLayers; l++) keptPerLayer.push(this.kv.length(l));
     return {

@@ -10,7 +10,7 @@
  * else is a string. The result is only parsed, not validated: `parsePolicySpec` validates it against the
  * policy's schema.
  */
-import type { PolicySpec } from "./policy.ts";
+import type { PolicySpec } from "./contract.ts";
 
 /** A spec text that is not in any of the three forms. */
 export class PolicySpecSyntaxError extends Error {

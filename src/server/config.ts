@@ -11,7 +11,7 @@
 import { parseArgs } from "node:util";
 import { isAbsolute, resolve } from "node:path";
 import { z } from "zod";
-import { parsePolicySpec } from "../kv/policy.ts";
+import { parsePolicySpec } from "../kv/registry.ts";
 import { REPO_ROOT } from "../model/loader.ts";
 import type { KVPrecision as LiveKVPrecision } from "../engine/backend.ts";
 import { type OptionDef, type OptionKey, SERVER_OPTIONS } from "./options.ts";

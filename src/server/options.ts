@@ -201,9 +201,9 @@ export const SERVER_OPTIONS = {
   parallelWork: {
     flag: "parallel-work",
     env: "LETHE_PARALLEL_WORK",
-    schema: z.coerce.number().min(0).optional(),
+    schema: intFrom(0, 0x7fffffff).optional(),
     defaultDoc: "library default (8388608)",
-    doc: "native CPU backend: multiply-adds below which a matmul or attention runs on one thread",
+    doc: "native CPU backend: multiply-adds below which a matmul or attention runs on one thread (per model)",
   },
   logLevel: {
     flag: "log-level",

@@ -40,9 +40,8 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
   const logger = opts.logger ?? createLogger(cfg.logLevel);
   const model = opts.model ?? await loadModel(cfg.model);
   const kvPrecision = liveKVPrecision(cfg.kvPrecision);
-  // The native CPU library reads its threading threshold from the environment when a model is created.
-  if (cfg.parallelWork !== undefined) Deno.env.set("LETHE_PARALLEL_WORK", String(cfg.parallelWork));
-  const opened = opts.backend ?? await openBackend(model, cfg.backend, { kvPrecision });
+  const opened = opts.backend ??
+    await openBackend(model, cfg.backend, { kvPrecision, parallelWork: cfg.parallelWork });
   const backend = opened.backend;
   if (backend.kvPrecision !== kvPrecision) {
     // A live cache of another precision than the stored one would make resumed turns diverge silently.

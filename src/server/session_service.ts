@@ -20,7 +20,7 @@
 import { encodeSnapshotWithStats, type KVPrecision } from "../session/codec.ts";
 import type { SessionRecord, SessionStore } from "../session/store.ts";
 import { encodeBundle } from "../session/bundle.ts";
-import type { PolicySpec } from "../kv/policy.ts";
+import type { PolicySpec } from "../kv/contract.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { Sequence } from "../engine/sequence.ts";
 import type { LoadedModel } from "../model/loader.ts";

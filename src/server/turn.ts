@@ -21,7 +21,8 @@
 import { Sequence, type SequenceOptions } from "../engine/sequence.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { SequenceKV } from "../kv/cache.ts";
-import { createPolicy, type KVPolicy, parsePolicySpec, PolicyParamError } from "../kv/policy.ts";
+import type { KVPolicy } from "../kv/contract.ts";
+import { createPolicy, parsePolicySpec, PolicyParamError } from "../kv/registry.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { Tokenizer } from "../model/tokenizer/types.ts";
 import { decodeBundle } from "../session/bundle.ts";
@@ -275,6 +276,7 @@ export class Turn {
         const messages = this.#conversation
           ? [...this.#conversation, { role: "assistant", content: reply }]
           : this.#messages;
+        this.#seq!.settle(); // the last prune plan, so the snapshot and the policy state hold the same rows
         stored = await this.slot.service.save(this.slot, this.#seq!, messages);
       }
       ok = true;

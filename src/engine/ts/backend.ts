@@ -5,7 +5,14 @@
  * Weights of any supported type are dequantized to f32 once at construction. The KV cache is a
  * HostKVCache; attention runs over each layer's kept rows with their original positions.
  */
-import type { Backend, BackendOptions, KVPrecision, StepInput, StepOutput } from "../backend.ts";
+import {
+  type Backend,
+  type BackendOptions,
+  checkBatch,
+  type KVPrecision,
+  type StepInput,
+  type StepOutput,
+} from "../backend.ts";
 import { HostKVCache, type SequenceKV } from "../../kv/cache.ts";
 import type { LayerWeights, ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
 import { dequantize } from "../../model/ggml.ts";
@@ -101,14 +108,21 @@ export class TsBackend implements Backend {
   }
 
   forward(batch: StepInput[]): Promise<StepOutput[]> {
-    return Promise.resolve(batch.map((input) => this.forwardOne(input)));
+    try {
+      checkBatch(
+        batch,
+        this,
+        (kv) => kv instanceof HostKVCache && kv.live() && kv.precision === this.kvPrecision,
+      );
+      return Promise.resolve(batch.map((input) => this.forwardOne(input)));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   private forwardOne(input: StepInput): StepOutput {
-    const kv = input.kv;
-    if (!(kv instanceof HostKVCache) || kv.precision !== this.kvPrecision) {
-      throw new Error("ts backend: KV cache belongs to another backend");
-    }
+    const kv = input.kv as HostKVCache;
+    if (input.compact) kv.compact(input.compact); // the previous step's prune plan, before the new tokens
     const c = this.config;
     const { dim, nHeads, nKVHeads, headDim, ffnDim, vocabSize } = c;
     const T = input.tokens.length;
@@ -135,9 +149,6 @@ export class TsBackend implements Backend {
 
     for (let t = 0; t < T; t++) {
       const token = input.tokens[t];
-      if (!Number.isInteger(token) || token < 0 || token >= vocabSize) {
-        throw new RangeError(`token id ${token} out of range [0, ${vocabSize})`);
-      }
       const pos = kv.nextPos;
       x.set(this.embd.subarray(token * dim, token * dim + dim));
       const weight = sreq && T - 1 - t < sreq.window ? Math.pow(sreq.decay, T - 1 - t) : 0;

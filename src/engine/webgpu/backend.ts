@@ -15,7 +15,7 @@
  * (half the KV memory and attention bandwidth), else as the rounded values in f32 words.
  */
 import type { ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
-import type { Backend, KVPrecision, StepInput, StepOutput } from "../backend.ts";
+import { type Backend, checkBatch, type KVPrecision, type StepInput, type StepOutput } from "../backend.ts";
 import { type Binding, F32, GpuKernels, type KVStorage, StepRecorder } from "./kernels.ts";
 import { f16BitsToF32, WebGPUKV } from "./kv.ts";
 import { destroyMatrix, type GpuMatrix, tensorToF32, uploadF32, uploadMatrix } from "./weights.ts";
@@ -191,7 +191,10 @@ interface SeqPlan {
   t: number;
   row: number;
   pos0: number;
+  /** Per layer rows before the step's tokens (after its prune plan). */
   len0: number[];
+  /** Per layer where the prune plan's keep list sits in the step's keep buffer (-1: no dispatch). */
+  keepAt: number[] | null;
   logitRow: number;
   logitRows: number;
   scoreOff: number[];
@@ -297,6 +300,7 @@ export class WebGPUBackend implements Backend {
         "logits",
         "scores",
         "att",
+        "keep",
       ]
     ) {
       this.scratch[n] = new Scratch(d, n, storage, kernels.maxBinding);
@@ -326,32 +330,10 @@ export class WebGPUBackend implements Backend {
   }
 
   private validate(batch: StepInput[]): void {
-    const seen = new Set<WebGPUKV>();
-    const V = this.config.vocabSize;
+    checkBatch(batch, this, (kv) => kv instanceof WebGPUKV && kv.kernels === this.kernels && kv.live());
     for (const [i, inp] of batch.entries()) {
-      const kv = inp.kv;
-      if (!(kv instanceof WebGPUKV) || kv.kernels !== this.kernels) {
-        throw new Error(`webgpu forward: batch[${i}].kv is not a cache of this backend (use createKV())`);
-      }
-      if (seen.has(kv)) throw new Error(`webgpu forward: batch[${i}] repeats a sequence's cache`);
-      seen.add(kv);
-      if (kv.busy) throw new Error(`webgpu forward: batch[${i}].kv is in use by another step`);
-      if (!Array.isArray(inp.tokens) || inp.tokens.length === 0) {
-        throw new Error(`webgpu forward: batch[${i}] has no tokens`);
-      }
-      for (const t of inp.tokens) {
-        if (!Number.isInteger(t) || t < 0 || t >= V) {
-          throw new RangeError(`webgpu forward: batch[${i}] token ${t} out of range [0, ${V})`);
-        }
-      }
-      if (inp.logits !== "last" && inp.logits !== "all" && inp.logits !== "none") {
-        throw new Error(`webgpu forward: batch[${i}].logits must be "last", "all" or "none"`);
-      }
-      if (inp.scores) {
-        const { decay, window } = inp.scores;
-        if (!Number.isFinite(decay) || decay < 0 || !(window >= 0)) {
-          throw new RangeError(`webgpu forward: batch[${i}].scores needs decay >= 0 and window >= 0`);
-        }
+      if ((inp.kv as WebGPUKV).busy) {
+        throw new Error(`webgpu forward: batch[${i}].kv is in use by another step`);
       }
     }
   }
@@ -369,11 +351,13 @@ export class WebGPUBackend implements Backend {
 
     // ---- plan rows, logits rows, score slots
     const plans: SeqPlan[] = [];
-    let N = 0, M = 0, S = 0;
+    let N = 0, M = 0, S = 0, K = 0;
     for (const input of batch) {
       const kv = input.kv as WebGPUKV;
       const t = input.tokens.length;
-      const len0 = Array.from(kv.len);
+      const len0 = Array.from(kv.index.len, (n, l) => input.compact?.[l]?.length ?? n);
+      let keepAt: number[] | null = null;
+      if (input.compact) ({ offsets: keepAt, end: K } = WebGPUKV.keepOffsets(input.compact, K));
       const logitRows = input.logits === "all" ? t : input.logits === "last" ? 1 : 0;
       const scoreOff: number[] = [];
       if (input.scores) {
@@ -382,7 +366,7 @@ export class WebGPUBackend implements Backend {
           S += len0[l] + t;
         }
       }
-      plans.push({ kv, input, t, row: N, pos0: kv.nextPos, len0, logitRow: M, logitRows, scoreOff });
+      plans.push({ kv, input, t, row: N, pos0: kv.nextPos, len0, keepAt, logitRow: M, logitRows, scoreOff });
       N += t;
       M += logitRows;
     }
@@ -431,7 +415,12 @@ export class WebGPUBackend implements Backend {
       }
     }
     const att = sb.att.get(attNeed * 4);
+    // every prune plan of the batch: one keep buffer, one dispatch per compacted layer, in this step's pass
+    const keep = new Uint32Array(Math.max(1, K));
+    for (const p of plans) if (p.keepAt) WebGPUKV.writeKeep(p.input.compact!, p.keepAt, keep);
+    const keepBuf = sb.keep.get(keep.byteLength);
     const q = device.queue;
+    if (K > 0) q.writeBuffer(keepBuf, 0, keep);
     q.writeBuffer(tokBuf, 0, tok);
     q.writeBuffer(mapBuf, 0, map);
     q.writeBuffer(csBuf, 0, cs);
@@ -439,10 +428,11 @@ export class WebGPUBackend implements Backend {
 
     const encoder = device.createCommandEncoder({ label: "forward" });
     const retired: GPUBuffer[] = [];
-    for (const p of plans) retired.push(...p.kv.reserve(encoder, p.t));
+    for (const p of plans) retired.push(...p.kv.reserve(encoder, p.t, p.input.compact));
 
-    // ---- record all dispatches
+    // ---- record all dispatches: the prune plans first, then the forward pass
     const rec = new StepRecorder(k);
+    for (const p of plans) if (p.keepAt) p.kv.recordCompact(rec, p.input.compact!, keepBuf, p.keepAt);
     const matmul = (
       m: GpuMatrix,
       X: GPUBuffer,
@@ -607,6 +597,7 @@ export class WebGPUBackend implements Backend {
     device.queue.submit([encoder.finish()]);
     rec.release();
     for (const b of retired) b.destroy();
+    for (const p of plans) if (p.input.compact) p.kv.commitPlan(p.input.compact);
     for (const p of plans) p.kv.busy = true;
     let data: Float32Array | null = null;
     let rows: Float32Array | null = null;

@@ -11,7 +11,8 @@
  * values ("f32r"). Snapshots (`toHost`, `toHostAsync`) are then HostKVCaches of precision "f16", and
  * `loadFrom` rounds what it loads, so an f16 snapshot round trip is exact.
  */
-import { HostKVCache, type KVShape, type SequenceKV } from "../../kv/cache.ts";
+import { HostKVCache, type SequenceKV } from "../../kv/cache.ts";
+import { checkShape, KVIndex, type KVShape, type PrunePlan } from "../../kv/kv_index.ts";
 import type { KVPrecision } from "../backend.ts";
 import { type GpuKernels, kvElementBytes, type KVStorage, StepRecorder } from "./kernels.ts";
 
@@ -63,6 +64,9 @@ export function f32ToF16Bits(x: ArrayLike<number>): Uint16Array {
   return out;
 }
 
+/** Where a step's keep lists sit in its keep buffer: per layer the element offset, or -1 (no dispatch). */
+export type KeepOffsets = number[];
+
 export class WebGPUKV implements SequenceKV {
   readonly shape: KVShape;
   readonly kvDim: number;
@@ -72,22 +76,18 @@ export class WebGPUKV implements SequenceKV {
   readonly storage: KVStorage;
   /** Bytes per stored K/V element (2 for "f16" storage, else 4). */
   readonly elemBytes: number;
-  nextPos = 0;
+  /** Lengths, positions and nextPos of the rows the GPU buffers hold. */
+  readonly index: KVIndex;
   /** Per layer GPU buffers: K and V [cap × kvDim] of `storage` elements, positions [cap] i32. */
   kBuf: GPUBuffer[] = [];
   vBuf: GPUBuffer[] = [];
   pBuf: GPUBuffer[] = [];
   /** Per layer capacity in rows. */
   cap: number[] = [];
-  /** Per layer valid rows. */
-  readonly len: Int32Array;
-  /** Per layer host copy of the positions (capacity-sized). */
-  private pos: Int32Array[] = [];
   /** Host copy of K/V (null when disabled). */
   readonly mirror: HostKVCache | null;
   /** Set while a forward step that uses this cache is in flight. */
   busy = false;
-  private freed = false;
 
   constructor(
     readonly kernels: GpuKernels,
@@ -104,9 +104,13 @@ export class WebGPUKV implements SequenceKV {
     this.precision = precision;
     this.storage = precision === "f32" ? "f32" : kernels.f16 ? "f16" : "f32r";
     this.elemBytes = kvElementBytes(this.storage);
-    this.len = new Int32Array(shape.nLayers);
+    this.index = new KVIndex(shape.nLayers);
     this.mirror = hostMirror ? new HostKVCache(shape, MIN_CAPACITY, precision) : null;
     for (let l = 0; l < shape.nLayers; l++) this.allocLayer(l, MIN_CAPACITY);
+  }
+
+  get nextPos(): number {
+    return this.index.nextPos;
   }
 
   private newBuffers(rows: number, label: string): [GPUBuffer, GPUBuffer, GPUBuffer] {
@@ -133,38 +137,40 @@ export class WebGPUKV implements SequenceKV {
     this.vBuf[l] = v;
     this.pBuf[l] = p;
     this.cap[l] = rows;
-    const pos = new Int32Array(rows);
-    if (this.pos[l]) pos.set(this.pos[l].subarray(0, Math.min(rows, this.len[l])));
-    this.pos[l] = pos;
+  }
+
+  /** True until free(); throws after it. */
+  live(): boolean {
+    return this.index.live();
   }
 
   private check(): void {
-    if (this.freed) throw new Error("webgpu KV: cache was freed");
+    this.live();
     if (this.busy) throw new Error("webgpu KV: cache is in use by a forward step in flight");
   }
 
   length(layer: number): number {
-    return this.len[layer];
+    return this.index.length(layer);
   }
 
   positions(layer: number): Int32Array {
-    return this.pos[layer].subarray(0, this.len[layer]);
+    return this.index.positions(layer);
   }
 
   /**
-   * Make room for `extra` rows in every layer, recording the copies of grown layers into `encoder`.
-   * Returns the replaced buffers (destroy them after the submit).
+   * Make room for `extra` rows in every layer after `plan` (if any) is applied, recording the copies of grown
+   * layers (all rows held now) into `encoder`. Returns the replaced buffers (destroy them after the submit).
    */
-  reserve(encoder: GPUCommandEncoder, extra: number): GPUBuffer[] {
-    if (this.freed) throw new Error("webgpu KV: cache was freed");
+  reserve(encoder: GPUCommandEncoder, extra: number, plan?: PrunePlan): GPUBuffer[] {
+    this.live();
     const retired: GPUBuffer[] = [];
     for (let l = 0; l < this.shape.nLayers; l++) {
-      const need = this.len[l] + extra;
+      const n = this.index.len[l];
+      const need = Math.max(n, (plan?.[l]?.length ?? n) + extra);
       if (need <= this.cap[l]) continue;
       let next = Math.max(MIN_CAPACITY, this.cap[l]);
       while (next < need) next *= 2;
       const [k, v, p] = this.newBuffers(next, `kv L${l}`);
-      const n = this.len[l];
       if (n > 0) {
         encoder.copyBufferToBuffer(this.kBuf[l], 0, k, 0, n * this.kvDim * this.elemBytes);
         encoder.copyBufferToBuffer(this.vBuf[l], 0, v, 0, n * this.kvDim * this.elemBytes);
@@ -175,11 +181,49 @@ export class WebGPUKV implements SequenceKV {
       this.vBuf[l] = v;
       this.pBuf[l] = p;
       this.cap[l] = next;
-      const pos = new Int32Array(next);
-      pos.set(this.pos[l].subarray(0, n));
-      this.pos[l] = pos;
     }
     return retired;
+  }
+
+  /**
+   * Where `plan`'s keep lists go in a step's keep buffer, from element `base` on: per layer the offset of its
+   * list, or -1 where the layer needs no dispatch (unchanged, emptied, or only its newest rows dropped). The
+   * lists themselves are written with `writeKeep`. Returns the offsets and the next free element.
+   */
+  static keepOffsets(plan: PrunePlan, base: number): { offsets: KeepOffsets; end: number } {
+    let o = base;
+    const offsets = plan.map((keep) => {
+      if (!keep || firstMoved(keep) === keep.length) return -1;
+      const at = o;
+      o += keep.length;
+      return at;
+    });
+    return { offsets, end: o };
+  }
+
+  static writeKeep(plan: PrunePlan, offsets: KeepOffsets, into: Uint32Array): void {
+    plan.forEach((keep, l) => keep && offsets[l] >= 0 && into.set(keep, offsets[l]));
+  }
+
+  /** Record the in-place compaction dispatches of `plan` (one per layer that moves rows) into `rec`. */
+  recordCompact(rec: StepRecorder, plan: PrunePlan, keepBuf: GPUBuffer, offsets: KeepOffsets): void {
+    const words = (this.kvDim * this.elemBytes) / 4;
+    const pipe = this.kernels.pipeline("kv_compact");
+    plan.forEach((keep, l) => {
+      if (!keep || offsets[l] < 0) return;
+      rec.threads(pipe, words, ["P", keepBuf, this.kBuf[l], this.vBuf[l], this.pBuf[l]], [
+        keep.length,
+        words,
+        firstMoved(keep),
+        offsets[l],
+      ]);
+    });
+  }
+
+  /** Record, once the GPU has the plan recorded: lengths, positions and the host mirror follow it. */
+  commitPlan(plan: PrunePlan): void {
+    this.index.compact(plan);
+    this.mirror?.compact(plan);
   }
 
   /**
@@ -188,11 +232,8 @@ export class WebGPUKV implements SequenceKV {
    */
   commitAppend(t: number, rows: Float32Array | null, rowsOffset: number): void {
     const d = this.kvDim;
-    for (let l = 0; l < this.shape.nLayers; l++) {
-      const n = this.len[l];
-      for (let i = 0; i < t; i++) this.pos[l][n + i] = this.nextPos + i;
-      this.len[l] = n + t;
-      if (this.mirror && rows) {
+    if (this.mirror && rows) {
+      for (let l = 0; l < this.shape.nLayers; l++) {
         const kOff = rowsOffset + l * 2 * t * d;
         const vOff = kOff + t * d;
         for (let i = 0; i < t; i++) {
@@ -205,68 +246,39 @@ export class WebGPUKV implements SequenceKV {
         }
       }
     }
-    this.nextPos += t;
+    this.index.append(t);
     if (this.mirror) this.mirror.nextPos = this.nextPos;
   }
 
-  compact(layer: number, keep: Int32Array): void {
+  /** Apply `plan` now: every layer's dispatches in one submit. */
+  compact(plan: PrunePlan): void {
     this.check();
-    if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.nLayers) {
-      throw new RangeError(`compact: layer ${layer} out of range [0, ${this.shape.nLayers})`);
-    }
-    const n = this.len[layer];
-    let prev = -1;
-    let identity = keep.length === n;
-    for (let i = 0; i < keep.length; i++) {
-      const src = keep[i];
-      if (!Number.isInteger(src) || src <= prev || src >= n) {
-        throw new RangeError(`compact: keep indices must be strictly ascending in [0, ${n}), got ${src}`);
-      }
-      if (src !== i) identity = false;
-      prev = src;
-    }
-    if (identity) return;
-    const m = keep.length;
-    if (m > 0) {
+    this.index.check(plan);
+    const { offsets, end } = WebGPUKV.keepOffsets(plan, 0);
+    if (end > 0) {
       const k = this.kernels;
-      const device = k.device;
-      const [kd, vd, pd] = this.newBuffers(this.cap[layer], `kv L${layer}`);
-      const keepBuf = device.createBuffer({
+      const keep = new Uint32Array(end);
+      WebGPUKV.writeKeep(plan, offsets, keep);
+      const keepBuf = k.device.createBuffer({
         label: "compact keep",
-        size: Math.max(16, m * 4),
+        size: Math.max(16, keep.byteLength),
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       });
-      device.queue.writeBuffer(keepBuf, 0, new Uint32Array(keep));
+      k.device.queue.writeBuffer(keepBuf, 0, keep);
       const rec = new StepRecorder(k);
-      rec.threads(
-        k.pipeline("kv_compact"),
-        (m * this.kvDim * this.elemBytes) / 4,
-        ["P", keepBuf, this.kBuf[layer], this.vBuf[layer], this.pBuf[layer], kd, vd, pd],
-        [m, (this.kvDim * this.elemBytes) / 4],
-      );
-      const enc = device.createCommandEncoder();
+      this.recordCompact(rec, plan, keepBuf, offsets);
+      const enc = k.device.createCommandEncoder({ label: "compact" });
       rec.encode(enc);
-      device.queue.submit([enc.finish()]);
+      k.device.queue.submit([enc.finish()]);
       rec.release();
       keepBuf.destroy();
-      this.kBuf[layer].destroy();
-      this.vBuf[layer].destroy();
-      this.pBuf[layer].destroy();
-      this.kBuf[layer] = kd;
-      this.vBuf[layer] = vd;
-      this.pBuf[layer] = pd;
     }
-    const pos = this.pos[layer];
-    for (let i = 0; i < m; i++) pos[i] = pos[keep[i]];
-    this.len[layer] = m;
-    this.mirror?.compact(layer, keep);
+    this.commitPlan(plan);
   }
 
   /** Bytes of K/V held on the GPU for the kept rows, at the real element size (2 B for f16 storage). */
   bytes(): number {
-    let rows = 0;
-    for (let l = 0; l < this.shape.nLayers; l++) rows += this.len[l];
-    return rows * this.kvDim * 2 * this.elemBytes;
+    return this.index.rows() * this.kvDim * 2 * this.elemBytes;
   }
 
   /** Stored elements (f32 or f16 bits) for `values`, rounded to f16 when the precision is f16. */
@@ -287,7 +299,7 @@ export class WebGPUKV implements SequenceKV {
   }
 
   toHost(): HostKVCache {
-    if (this.freed) throw new Error("webgpu KV: cache was freed");
+    this.live();
     if (!this.mirror) {
       throw new Error("webgpu KV: toHost() needs the host mirror (hostMirror: true); use toHostAsync()");
     }
@@ -302,7 +314,8 @@ export class WebGPUKV implements SequenceKV {
     const L = this.shape.nLayers;
     const eb = this.elemBytes;
     let total = 0;
-    for (let l = 0; l < L; l++) total += this.len[l] * (2 * d * eb + 4);
+    const len = this.index.len;
+    for (let l = 0; l < L; l++) total += len[l] * (2 * d * eb + 4);
     const out = new HostKVCache(this.shape, 1, this.precision);
     out.nextPos = this.nextPos;
     if (total === 0) return out;
@@ -313,7 +326,7 @@ export class WebGPUKV implements SequenceKV {
     const enc = device.createCommandEncoder();
     let off = 0;
     for (let l = 0; l < L; l++) {
-      const n = this.len[l];
+      const n = len[l];
       if (n === 0) continue;
       enc.copyBufferToBuffer(this.kBuf[l], 0, staging, off, n * d * eb);
       off += n * d * eb;
@@ -329,7 +342,7 @@ export class WebGPUKV implements SequenceKV {
     staging.destroy();
     off = 0;
     for (let l = 0; l < L; l++) {
-      const n = this.len[l];
+      const n = len[l];
       out.reserve(l, n);
       // Set directly (not append): the snapshot holds exactly what the GPU buffers hold.
       out.k[l].set(this.decode(buf, off, n * d));
@@ -345,22 +358,14 @@ export class WebGPUKV implements SequenceKV {
 
   loadFrom(host: HostKVCache): void {
     this.check();
-    const s = host.shape;
-    if (
-      s.nLayers !== this.shape.nLayers || s.nKVHeads !== this.shape.nKVHeads ||
-      s.headDim !== this.shape.headDim
-    ) {
-      throw new Error(
-        `KV shape mismatch: have ${JSON.stringify(this.shape)}, snapshot has ${JSON.stringify(s)}`,
-      );
-    }
+    checkShape(this.shape, host.shape);
     const q = this.kernels.device.queue;
     const d = this.kvDim;
-    for (let l = 0; l < s.nLayers; l++) {
+    this.index.load(host.len, host.pos, host.nextPos);
+    for (let l = 0; l < this.shape.nLayers; l++) {
       const n = host.len[l];
       let cap = MIN_CAPACITY;
       while (cap < n) cap *= 2;
-      this.len[l] = 0;
       this.allocLayer(l, cap);
       if (n > 0) {
         if (this.storage === "f32") {
@@ -373,22 +378,28 @@ export class WebGPUKV implements SequenceKV {
         }
         q.writeBuffer(this.pBuf[l], 0, host.pos[l].subarray(0, n) as Int32Array<ArrayBuffer>);
       }
-      this.pos[l].set(host.pos[l].subarray(0, n) as Int32Array<ArrayBuffer>);
-      this.len[l] = n;
     }
-    this.nextPos = host.nextPos;
     this.mirror?.loadFrom(host);
   }
 
   free(): void {
-    if (this.freed) return;
+    if (this.kBuf.length === 0) return;
     for (let l = 0; l < this.shape.nLayers; l++) {
       this.kBuf[l].destroy();
       this.vBuf[l].destroy();
       this.pBuf[l].destroy();
-      this.len[l] = 0;
     }
+    this.kBuf = [];
+    this.vBuf = [];
+    this.pBuf = [];
     this.mirror?.free();
-    this.freed = true;
+    this.index.free();
   }
+}
+
+/** The first kept index that is not where it stands (rows before it stay in place). */
+function firstMoved(keep: Int32Array): number {
+  let i = 0;
+  while (i < keep.length && keep[i] === i) i++;
+  return i;
 }

@@ -2,8 +2,8 @@
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
-import { BasePolicy } from "../policy_core.ts";
-import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
+import { BasePolicy } from "../base.ts";
+import type { Phase, PolicyShape, PruneEvent } from "../contract.ts";
 
 export const schema = z.strictObject({});
 

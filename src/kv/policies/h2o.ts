@@ -5,8 +5,8 @@
  */
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
-import { paramSchemas, TopScoresPolicy } from "../policy_core.ts";
-import type { Phase, PolicyShape } from "../policy.ts";
+import { paramSchemas, TopScoresPolicy } from "../base.ts";
+import type { Phase, PolicyShape } from "../contract.ts";
 
 export const schema = z.strictObject({
   budget: paramSchemas.budget(0.25),
@@ -20,7 +20,7 @@ export class H2OPolicy extends TopScoresPolicy {
 
   constructor(p: Params, shape: PolicyShape) {
     super(p, shape, (budget) => Math.round(p.recentFraction * budget));
-    this.decay = 1;
+    this.tableDecay = 1;
   }
 
   scoreRequest(_phase: Phase, nNew: number): ScoreRequest | undefined {

@@ -4,8 +4,9 @@
  * chosen within each layer's budget by observation-window attention exactly like SnapKV.
  */
 import { z } from "zod";
-import { paramSchemas } from "../policy_core.ts";
-import type { PolicyShape } from "../policy.ts";
+import { paramSchemas, resolveBudget } from "../base.ts";
+import { pyramidBudgets } from "../budget.ts";
+import type { PolicyShape } from "../contract.ts";
 import { SnapKVPolicy } from "./snapkv.ts";
 
 export const schema = z.strictObject({
@@ -17,26 +18,12 @@ export const schema = z.strictObject({
 });
 type Params = z.infer<typeof schema>;
 
-/** The pyramid: per-layer budgets (integers, summing to at most nLayers × budget). */
-export function pyramidBudgets(budget: number, nLayers: number, beta: number): number[] {
-  if (nLayers === 1) return [Math.floor(budget)];
-  const min = budget / beta;
-  const max = 2 * budget - min;
-  const step = (max - min) / (nLayers - 1);
-  return Array.from({ length: nLayers }, (_, l) => Math.max(1, Math.floor(max - l * step)));
-}
-
+/** SnapKV with PyramidKV's per-layer budgets (budget.ts). */
 export class PyramidKVPolicy extends SnapKVPolicy {
   override readonly name = "pyramidkv";
-  readonly budgets: number[];
 
   constructor(p: Params, shape: PolicyShape) {
-    super(p, shape);
-    this.budgets = pyramidBudgets(this.budgetTokens, shape.nLayers, p.beta);
-  }
-
-  override layerBudget(layer: number): number {
-    return this.budgets[layer];
+    super(p, shape, pyramidBudgets(resolveBudget(p.budget, shape.contextLength), shape.nLayers, p.beta));
   }
 }
 

@@ -8,8 +8,8 @@
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
-import { BasePolicy, paramSchemas, resolveBudget } from "../policy_core.ts";
-import type { Phase, PolicyShape, PruneEvent } from "../policy.ts";
+import { BasePolicy, paramSchemas, resolveBudget } from "../base.ts";
+import type { Phase, PolicyShape, PruneEvent } from "../contract.ts";
 
 export const schema = z.strictObject({
   budget: paramSchemas.budget(0.25),

@@ -8,8 +8,8 @@
  */
 import { z } from "zod";
 import type { ScoreRequest } from "../../engine/backend.ts";
-import { paramSchemas, TopScoresPolicy } from "../policy_core.ts";
-import type { Phase, PolicyShape } from "../policy.ts";
+import { paramSchemas, TopScoresPolicy } from "../base.ts";
+import type { Phase, PolicyShape } from "../contract.ts";
 
 export const schema = z.strictObject({
   budget: paramSchemas.budget(0.25),
@@ -23,7 +23,7 @@ export class TovaPolicy extends TopScoresPolicy {
 
   constructor(p: Params, shape: PolicyShape) {
     super(p, shape, () => p.recent);
-    this.decay = 0; // S = S·0 + scores: only the latest query counts
+    this.tableDecay = 0; // S = S·0 + scores: only the latest query counts
   }
 
   scoreRequest(_phase: Phase, _nNew: number): ScoreRequest | undefined {

@@ -1,15 +1,9 @@
 /**
- * The KV-policy contract and registry.
- *
- * A policy is created per sequence. Before each forward step the engine asks `scoreRequest(phase, nNew)`
- * which attention scores the backend should report; after the step (which appended nNew rows to every layer)
- * it calls `afterStep`, and the policy updates its per-row scores and compacts the layers it decides to
- * prune. Shared machinery (score bookkeeping, selection, compaction) lives in `policy_core.ts` and is
- * re-exported here; each policy is one small module in `policies/`.
+ * The policies by name: spec validation (zod schemas, defaults filled, clear errors naming the param),
+ * creation, and the HTTP layer's schema of `kv_policy`.
  */
 import { z } from "zod";
-import type { ScoreRequest } from "../engine/backend.ts";
-import type { SequenceKV } from "./cache.ts";
+import type { KVPolicy, PolicyShape, PolicySpec } from "./contract.ts";
 import * as full from "./policies/full.ts";
 import * as streaming from "./policies/streaming.ts";
 import * as h2o from "./policies/h2o.ts";
@@ -17,76 +11,6 @@ import * as tova from "./policies/tova.ts";
 import * as snapkv from "./policies/snapkv.ts";
 import * as pyramidkv from "./policies/pyramidkv.ts";
 import * as lethe from "./policies/lethe.ts";
-
-export {
-  allIndices,
-  BasePolicy,
-  compactLayer,
-  compactRows,
-  fromMask,
-  hoyer,
-  keepRuns,
-  KeepSelector,
-  type KeepSpec,
-  maxPool,
-  maxPoolInto,
-  moveRuns,
-  nthByScore,
-  rankByScore,
-  resolveBudget,
-  type RowAligned,
-  ScoreTable,
-  selectKeep,
-} from "./policy_core.ts";
-
-export type Phase = "prefill" | "decode";
-
-export interface PruneEvent {
-  layer: number;
-  before: number;
-  after: number;
-}
-
-export interface StepKVStats {
-  pruneEvents: PruneEvent[];
-  pruneMs: number;
-}
-
-export interface PolicyState {
-  /** Per layer, aligned with the cache's rows. */
-  scores: Float32Array[];
-  /** JSON-serializable. */
-  meta: Record<string, unknown>;
-}
-
-export interface KVPolicy {
-  readonly name: string;
-  /** Validated, defaults filled. */
-  readonly params: Readonly<Record<string, number | boolean | string>>;
-  /** What scores the backend should compute for the next step (undefined: none needed). */
-  scoreRequest(phase: Phase, nNew: number): ScoreRequest | undefined;
-  /**
-   * After a forward step appended nNew tokens to every layer of kv: update per-token scores, prune
-   * (kv.compact) where the policy decides.
-   */
-  afterStep(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, phase: Phase): StepKVStats;
-  /** Cumulative counters; per-layer kept counts come from kv.length(l). */
-  readonly stats: { pruneRounds: number; pruneMs: number; evicted: number };
-  /** For session persistence (scores aligned with kv rows). */
-  exportState(): PolicyState;
-  /** Validates lengths against kv; throws on mismatch. */
-  importState(s: PolicyState, kv: SequenceKV): void;
-}
-
-export interface PolicySpec {
-  name: string;
-  [param: string]: unknown;
-}
-
-export interface PolicyShape {
-  nLayers: number;
-  contextLength: number;
-}
 
 interface PolicyModule {
   // deno-lint-ignore no-explicit-any
