@@ -8,7 +8,7 @@ import { loadModel, REPO_ROOT, SHARED_MODELS } from "../src/model/loader.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
 import { runSequence, Sequence } from "../src/engine/sequence.ts";
 import { GREEDY } from "../src/engine/sampler.ts";
-import { createPolicy } from "../src/kv/policy.ts";
+import { createPolicy } from "../src/kv/registry.ts";
 import { applyRope, ropeFrequencies } from "../src/engine/ts/rope.ts";
 
 const golden = JSON.parse(

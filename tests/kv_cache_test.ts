@@ -3,6 +3,8 @@ import { HostKVCache } from "../src/kv/cache.ts";
 
 const shape = { nLayers: 2, nKVHeads: 2, headDim: 2 };
 const row = (x: number) => new Float32Array([x, x + 0.25, x + 0.5, x + 0.75]);
+/** A plan that compacts one layer of the two. */
+const plan = (layer: number, keep: Int32Array) => [0, 1].map((l) => (l === layer ? keep : null));
 
 function filled(n: number): HostKVCache {
   const kv = new HostKVCache(shape, 1);
@@ -25,7 +27,7 @@ Deno.test("kv cache: append grows capacity and keeps every row and position", ()
 
 Deno.test("kv cache: compact keeps the chosen rows in order, with their original positions, per layer", () => {
   const kv = filled(10);
-  kv.compact(0, new Int32Array([0, 3, 4, 9]));
+  kv.compact(plan(0, new Int32Array([0, 3, 4, 9])));
   assert.equal(kv.length(0), 4);
   assert.equal(kv.length(1), 10, "other layers untouched");
   assert.deepEqual(Array.from(kv.positions(0)), [0, 3, 4, 9]);
@@ -40,14 +42,14 @@ Deno.test("kv cache: compact keeps the chosen rows in order, with their original
 Deno.test("kv cache: compact rejects unsorted, duplicate or out-of-range indices", () => {
   const kv = filled(5);
   for (const bad of [[1, 0], [2, 2], [0, 5], [-1]]) {
-    assert.throws(() => kv.compact(0, new Int32Array(bad)), RangeError, `indices ${bad}`);
+    assert.throws(() => kv.compact(plan(0, new Int32Array(bad))), RangeError, `indices ${bad}`);
   }
-  assert.throws(() => kv.compact(0, new Int32Array([0, 5])), /strictly ascending in \[0, 5\)/);
+  assert.throws(() => kv.compact(plan(0, new Int32Array([0, 5]))), /strictly ascending in \[0, 5\)/);
 });
 
 Deno.test("kv cache: toHost/loadFrom round trip and shape checks", () => {
   const kv = filled(12);
-  kv.compact(1, new Int32Array([1, 2, 11]));
+  kv.compact(plan(1, new Int32Array([1, 2, 11])));
   const snap = kv.toHost();
   const back = new HostKVCache(shape);
   back.loadFrom(snap);
@@ -59,7 +61,7 @@ Deno.test("kv cache: toHost/loadFrom round trip and shape checks", () => {
     assert.deepEqual(back.v[l].subarray(0, kv.length(l) * 4), kv.v[l].subarray(0, kv.length(l) * 4));
   }
   // the snapshot is independent of the original
-  kv.compact(0, new Int32Array([0]));
+  kv.compact(plan(0, new Int32Array([0])));
   assert.equal(snap.length(0), 12);
   assert.throws(() => new HostKVCache({ ...shape, headDim: 4 }).loadFrom(snap), /KV shape mismatch/);
 });

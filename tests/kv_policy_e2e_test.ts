@@ -7,7 +7,9 @@ import assert from "node:assert/strict";
 import { loadModel, SHARED_MODELS } from "../src/model/loader.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
 import type { Backend } from "../src/engine/backend.ts";
-import { createPolicy, type KVPolicy, POLICY_NAMES, type PolicySpec } from "../src/kv/policy.ts";
+import type { PrunePlan } from "../src/kv/kv_index.ts";
+import type { KVPolicy, PolicySpec } from "../src/kv/contract.ts";
+import { createPolicy, POLICY_NAMES } from "../src/kv/registry.ts";
 
 const MODEL = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 const STEPS = 48;
@@ -25,20 +27,23 @@ async function decode(backend: Backend, prompt: number[], policy: KVPolicy) {
   const logits: Float32Array[] = [];
   let input = prompt;
   let phase: "prefill" | "decode" = "prefill";
+  let plan: PrunePlan | null = null;
   for (let s = 0; s < STEPS; s++) {
     const [out] = await backend.forward([{
       kv,
       tokens: input,
       logits: "last",
       scores: policy.scoreRequest(phase, input.length),
+      compact: plan ?? undefined,
     }]);
-    policy.afterStep(kv, out.scores, input.length, phase);
+    plan = policy.afterStep(kv, out.scores, input.length, phase).plan;
     logits.push(out.logits.slice());
     const t = argmax(out.logits);
     tokens.push(t);
     input = [t];
     phase = "decode";
   }
+  if (plan) kv.compact(plan); // the last plan, as Sequence.settle applies it
   const lengths = Array.from({ length: backend.config.nLayers }, (_, l) => kv.length(l));
   kv.free();
   return { tokens, logits, lengths };
@@ -85,7 +90,7 @@ Deno.test("e2e: a prefill's decayed scores equal the same tokens decoded one by 
     logits: "last",
     scores: a.scoreRequest("prefill", prompt.length),
   }]);
-  a.afterStep(kvA, outA.scores, prompt.length, "prefill");
+  assert.equal(a.afterStep(kvA, outA.scores, prompt.length, "prefill").plan, null);
   for (const t of prompt) {
     const [o] = await backend.forward([{
       kv: kvB,
@@ -93,7 +98,7 @@ Deno.test("e2e: a prefill's decayed scores equal the same tokens decoded one by 
       logits: "last",
       scores: b.scoreRequest("decode", 1),
     }]);
-    b.afterStep(kvB, o.scores, 1, "decode");
+    assert.equal(b.afterStep(kvB, o.scores, 1, "decode").plan, null);
   }
   const sa = a.exportState().scores, sb = b.exportState().scores;
   for (let l = 0; l < shape.nLayers; l++) {

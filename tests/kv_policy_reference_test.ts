@@ -6,19 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { HostKVCache } from "../src/kv/cache.ts";
-import {
-  createPolicy,
-  hoyer,
-  KeepSelector,
-  type KeepSpec,
-  maxPool,
-  nthByScore,
-  type Phase,
-  type PolicySpec,
-  selectKeep,
-} from "../src/kv/policy.ts";
-import { farGamma, findBreakpoint, splitBudget } from "../src/kv/policies/lethe.ts";
-import { pyramidBudgets } from "../src/kv/policies/pyramidkv.ts";
+import type { Phase, PolicySpec } from "../src/kv/contract.ts";
+import { createPolicy } from "../src/kv/registry.ts";
+import { hoyer, KeepSelector, type KeepSpec, maxPool, nthByScore, selectKeep } from "../src/kv/select.ts";
+import { findBreakpoint } from "../src/kv/policies/lethe.ts";
+import { pyramidBudgets, splitBudget } from "../src/kv/budget.ts";
+import { farGamma } from "../src/kv/far_decay.ts";
 
 // ---- the reference: straightforward definitions (full sorts, fresh arrays) ----
 
@@ -246,7 +239,8 @@ function run(spec: PolicySpec, L: number, ctx: number, st: Stream): number[][][]
     const scores = req
       ? Array.from({ length: L }, (_, l) => Float32Array.from(kv.positions(l), (_, j) => st.score(t, l, j)))
       : undefined;
-    policy.afterStep(kv, scores, nNew, phase);
+    const { plan } = policy.afterStep(kv, scores, nNew, phase);
+    if (plan) kv.compact(plan); // as the next forward step would
     out.push(Array.from({ length: L }, (_, l) => Array.from(kv.positions(l))));
   }
   return out;

@@ -1,19 +1,13 @@
 import assert from "node:assert/strict";
 import { HostKVCache } from "../src/kv/cache.ts";
-import {
-  compactLayer,
-  createPolicy,
-  hoyer,
-  type KVPolicy,
-  maxPool,
-  type Phase,
-  POLICY_NAMES,
-  policySpecSchema,
-  ScoreTable,
-  selectKeep,
-} from "../src/kv/policy.ts";
-import { farGamma, findBreakpoint, LethePolicy, splitBudget } from "../src/kv/policies/lethe.ts";
-import { pyramidBudgets, PyramidKVPolicy } from "../src/kv/policies/pyramidkv.ts";
+import type { KVPolicy, Phase } from "../src/kv/contract.ts";
+import { createPolicy, POLICY_NAMES, policySpecSchema } from "../src/kv/registry.ts";
+import { ScoreTable } from "../src/kv/score_table.ts";
+import { hoyer, maxPool, selectKeep } from "../src/kv/select.ts";
+import { findBreakpoint, LethePolicy } from "../src/kv/policies/lethe.ts";
+import { PyramidKVPolicy } from "../src/kv/policies/pyramidkv.ts";
+import { pyramidBudgets, splitBudget } from "../src/kv/budget.ts";
+import { farGamma } from "../src/kv/far_decay.ts";
 
 const SHAPE = { nLayers: 2, nKVHeads: 1, headDim: 2 };
 
@@ -58,7 +52,9 @@ function step(
   const scores = req
     ? Array.from({ length: kv.shape.nLayers }, (_, l) => Float32Array.from(score(l, kv.length(l))))
     : undefined;
-  return policy.afterStep(kv, scores, nNew, phase);
+  const r = policy.afterStep(kv, scores, nNew, phase);
+  if (r.plan) kv.compact(r.plan); // as the next forward step would
+  return r;
 }
 
 const pos = (kv: HostKVCache, l: number) => Array.from(kv.positions(l));
@@ -81,13 +77,15 @@ Deno.test("selectKeep: sinks and recent always, top middle scores fill, ascendin
   assert.deepEqual(Array.from(r), [2, 4, 6]);
 });
 
-Deno.test("compactLayer: K/V rows, positions and scores move together", () => {
+Deno.test("a prune plan: K/V rows, positions (the cache) and scores (the table) move together", () => {
   const kv = new HostKVCache(SHAPE);
   appendRows(kv, 8);
   const t = new ScoreTable(2);
   t.update(kv, [Float32Array.from(range(0, 8)), Float32Array.from(range(100, 108))], 8, 1);
-  const evicted = compactLayer(kv, 1, Int32Array.of(0, 3, 7), [t]);
-  assert.equal(evicted, 5);
+  const keep = Int32Array.of(0, 3, 7);
+  kv.compact([null, keep]);
+  t.compact(1, keep);
+  assert.equal(kv.length(1), 3);
   assert.deepEqual(pos(kv, 1), [0, 3, 7]);
   assert.deepEqual(pos(kv, 0), range(0, 8));
   assert.deepEqual(Array.from(t.get(1)), [100, 103, 107]);

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { runSequence, Sequence } from "../src/engine/sequence.ts";
 import { GREEDY } from "../src/engine/sampler.ts";
-import { createPolicy } from "../src/kv/policy.ts";
+import { createPolicy } from "../src/kv/registry.ts";
 import { QueueFullError, Scheduler } from "../src/engine/scheduler.ts";
 import { sharedModel } from "./support/server_harness.ts";
 

@@ -52,7 +52,7 @@ function sampleSnapshot(n = 260, seed = 1, shape = { nLayers: 5, nKVHeads: 4, he
       if (i < 4 || i >= n - 30 || (i * (l + 3)) % 7 === 0) keep.push(i);
     }
     if (l === shape.nLayers - 1) keep.length = Math.min(keep.length, 10);
-    kv.compact(l, Int32Array.from(keep));
+    kv.compact(Array.from({ length: shape.nLayers }, (_, j) => (j === l ? Int32Array.from(keep) : null)));
     scores.push(Float32Array.from({ length: keep.length }, () => r() * 3));
   }
   return {

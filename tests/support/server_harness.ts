@@ -5,7 +5,8 @@ import { openBackend } from "../../src/engine/select.ts";
 import type { Backend, KVPrecision } from "../../src/engine/backend.ts";
 import { runSequence, Sequence } from "../../src/engine/sequence.ts";
 import { GREEDY } from "../../src/engine/sampler.ts";
-import { createPolicy, type PolicySpec } from "../../src/kv/policy.ts";
+import type { PolicySpec } from "../../src/kv/contract.ts";
+import { createPolicy } from "../../src/kv/registry.ts";
 import {
   buildConfig,
   defaultConfigValues,
