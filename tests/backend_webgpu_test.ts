@@ -18,7 +18,7 @@ import {
   WebGPUKV,
 } from "../src/engine/webgpu/backend.ts";
 import { F32, GpuKernels, type KVStorage, StepRecorder } from "../src/engine/webgpu/kernels.ts";
-import { f16BitsToF32 } from "../src/engine/webgpu/kv.ts";
+import { fromF16Bits } from "../src/model/f16.ts";
 import { uploadF32, uploadMatrix } from "../src/engine/webgpu/weights.ts";
 import { SHARED_MODELS } from "../src/model/loader.ts";
 import { GGMLType, type ModelWeights, type Tensor } from "../src/model/types.ts";
@@ -236,7 +236,7 @@ Deno.test({
       await st.mapAsync(GPUMapMode.READ);
       const buf = st.getMappedRange().slice(0);
       st.unmap();
-      const got = storage === "f16" ? f16BitsToF32(new Uint16Array(buf)) : new Float32Array(buf);
+      const got = storage === "f16" ? fromF16Bits(new Uint16Array(buf)) : new Float32Array(buf);
       for (let r = 0; r < t; r++) {
         for (let c = 0; c < 2 * kvDim; c++) {
           const x = src[r * 2 * kvDim + c];

@@ -3,12 +3,11 @@ import { fileURLToPath } from "node:url";
 import { gguf } from "@huggingface/gguf";
 import { GGMLType } from "../src/model/types.ts";
 import { ModelFormatError } from "../src/model/errors.ts";
+import { f16ToF32, f32ToF16 } from "../src/model/f16.ts";
 import {
   bf16ToF32,
   dequantize,
-  f16ToF32,
   f32ToBF16,
-  f32ToF16,
   quantize,
   quantizeQ4_0,
   quantizeQ8_0,

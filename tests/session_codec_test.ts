@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import zlib from "node:zlib";
 import { HostKVCache } from "../src/kv/cache.ts";
+import { createTsBackend } from "../src/engine/ts/backend.ts";
+import { randomTokens, Rng, synthModel } from "./support/synthetic.ts";
 import {
   crc32,
   decodeSnapshot,
@@ -198,14 +200,16 @@ Deno.test("codec: f16 within half-precision rounding error, int8 within absmax/2
   assert.equal(nKVHeads, 4);
 });
 
-Deno.test("codec: f16 clamps beyond ±65504, int8 rejects non-finite, zero rows stay zero", () => {
+Deno.test("codec: f16 rounds beyond ±65504 to ±inf like every f16 cache, int8 rejects non-finite, zeros stay", () => {
   const s = sampleSnapshot(10);
   s.kv.k[1][0] = 1e6;
   s.kv.k[1][1] = -7e4;
+  s.kv.k[1][2] = 65519; // below the rounding midpoint: the largest half
   s.kv.v[2].fill(0, 0, s.kv.kvDim);
   const d = decodeSnapshot(encodeSnapshot(s, { kvPrecision: "f16" }));
-  assert.equal(d.kv.k[1][0], 65504);
-  assert.equal(d.kv.k[1][1], -65504);
+  assert.equal(d.kv.k[1][0], Infinity);
+  assert.equal(d.kv.k[1][1], -Infinity);
+  assert.equal(d.kv.k[1][2], 65504);
   const q = decodeSnapshot(encodeSnapshot(s, { kvPrecision: "int8" }));
   assert.deepEqual(Array.from(q.kv.v[2].subarray(0, s.kv.kvDim)), new Array(s.kv.kvDim).fill(0));
   s.kv.k[0][5] = NaN;
@@ -409,4 +413,61 @@ Deno.test("codec: encode refuses inconsistent snapshots with a clear error", () 
   assert.throws(() => encodeSnapshot(s, { kvPrecision: "q4" as KVPrecision }), /kvPrecision/);
   s.kv.pos[0][1] = 999;
   assert.throws(() => encodeSnapshot(s, { kvPrecision: "f32" }), /position 999/);
+});
+
+Deno.test("codec: an f16 snapshot of a cache holding values above 65504 resumes bit-exactly", async () => {
+  // One f16 rule everywhere (src/model/f16.ts): a live f16 cache rounds 7e4 to inf as the row enters it, and the
+  // snapshot codec encodes the same value to the same bits, so the resumed cache is the live one, bit for bit,
+  // and decodes on exactly like it. An f32 cache's values come back as an f16 cache of them would hold them.
+  const { config, weights } = synthModel({ rope: "half", bias: true, seed: 51, tied: false });
+  const ts = createTsBackend(config, weights, { kvPrecision: "f16" });
+  const live = ts.createKV() as HostKVCache;
+  await ts.forward([{ kv: live, tokens: randomTokens(new Rng(52), 12, config.vocabSize), logits: "last" }]);
+  const big = live.toHost();
+  const huge = [7e4, -1e5, 65519, 65520, -65536, 1e38];
+  huge.forEach((x, i) => {
+    big.k[1][3 * big.kvDim + i] = x; // layer 1, row 3 (K) and row 5 (V)
+    big.v[1][5 * big.kvDim + i] = -x;
+  });
+  live.loadFrom(big); // the live f16 cache rounds them as it takes them in
+  assert.equal(live.k[1][3 * live.kvDim], Infinity);
+  const snap: SessionSnapshot = {
+    fingerprint: FP,
+    tokens: Array.from({ length: 13 }, (_, i) => i % config.vocabSize),
+    kv: live.toHost(),
+    policy: { name: "full", params: {}, state: { scores: [], meta: {} } },
+  };
+  const restored = ts.createKV() as HostKVCache;
+  restored.loadFrom(decodeSnapshot(encodeSnapshot(snap, { kvPrecision: "f16" })).kv);
+  for (let l = 0; l < config.nLayers; l++) {
+    const d = live.len[l] * live.kvDim;
+    assert.deepEqual(restored.k[l].subarray(0, d), live.k[l].subarray(0, d), `layer ${l} K`);
+    assert.deepEqual(restored.v[l].subarray(0, d), live.v[l].subarray(0, d), `layer ${l} V`);
+    assert.deepEqual(restored.positions(l), live.positions(l));
+  }
+  const [a] = await ts.forward([{
+    kv: live,
+    tokens: [7],
+    logits: "last",
+    scores: { decay: 0.9, window: 1 },
+  }]);
+  const [b] = await ts.forward([{
+    kv: restored,
+    tokens: [7],
+    logits: "last",
+    scores: { decay: 0.9, window: 1 },
+  }]);
+  assert.deepEqual(b.logits, a.logits);
+  assert.deepEqual(b.scores, a.scores);
+  // An f32 cache holding the same values: its f16 snapshot holds exactly what an f16 cache of them would.
+  const f32 = new HostKVCache(big.shape, 1, "f32");
+  f32.loadFrom(big);
+  const back = decodeSnapshot(encodeSnapshot({ ...snap, kv: f32 }, { kvPrecision: "f16" })).kv;
+  for (let l = 0; l < config.nLayers; l++) {
+    const d = f32.len[l] * f32.kvDim;
+    for (let i = 0; i < d; i++) {
+      assert.ok(Object.is(back.k[l][i], Math.f16round(f32.k[l][i])), `K ${f32.k[l][i]} -> ${back.k[l][i]}`);
+      assert.ok(Object.is(back.v[l][i], Math.f16round(f32.v[l][i])), `V ${f32.v[l][i]} -> ${back.v[l][i]}`);
+    }
+  }
 });

@@ -3,6 +3,7 @@
  * this runtime computes with (F32, F16, BF16, Q8_0, Q4_0), bit-compatible with ggml's reference code.
  */
 import { GGMLType } from "./types.ts";
+import { f16ToF32, f32ToF16 } from "./f16.ts";
 import { ModelFormatError } from "./errors.ts";
 
 export interface GGMLTypeInfo {
@@ -82,46 +83,10 @@ export function tensorByteSize(type: GGMLType, shape: readonly number[]): number
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Half-precision conversions
+// bfloat16 conversions (IEEE half: f16.ts)
 
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** IEEE binary16 bits -> number (exact; subnormals, ±inf, NaN, -0 preserved). */
-export function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const mant = h & 0x3ff;
-  if (exp === 0) return sign * mant * 5.960464477539063e-8; // 2^-24
-  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
-}
-
-/** number -> IEEE binary16 bits, rounding to nearest even via float32 (as ggml's FP32_TO_FP16). */
-export function f32ToF16(x: number): number {
-  f32Scratch[0] = x;
-  const b = u32Scratch[0];
-  const sign = (b >>> 16) & 0x8000;
-  const exp = (b >>> 23) & 0xff;
-  const mant = b & 0x7fffff;
-  if (exp === 0xff) return mant ? sign | 0x7e00 | (mant >>> 13) : sign | 0x7c00;
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    let half = m >>> shift;
-    const rem = m & ((1 << shift) - 1);
-    const halfway = 1 << (shift - 1);
-    if (rem > halfway || (rem === halfway && (half & 1))) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++;
-  return sign | half;
-}
 
 /** bfloat16 bits -> number. */
 export function bf16ToF32(h: number): number {

@@ -32,11 +32,13 @@
  * inflated size (both by a hard limit and by deflate's maximum ratio, so a lying length never allocates), and
  * checks every count against the bytes that remain before allocating. Every failure is a `SnapshotError`.
  *
- * f32 is lossless. f16 and int8 are lossy: a resumed cache differs slightly from the live one (f16: relative
- * error ≤ 2⁻¹¹, values clamped to ±65504; int8: absolute error ≤ absmax(row)/254 per token per head).
+ * f32 is lossless. f16 rounds as every f16 cache does (src/model/f16.ts: to nearest even, beyond ±65504 to
+ * ±inf), so a snapshot of an f16 cache is bit-exact and one of an f32 cache holds what an f16 cache of the same
+ * rows would (relative error ≤ 2⁻¹¹). int8 is lossy: absolute error ≤ absmax(row)/254 per token per head.
  */
 import zlib from "node:zlib";
 import { HostKVCache } from "../kv/cache.ts";
+import { fromF16Bits, toF16Bits } from "../model/f16.ts";
 
 export type KVPrecision = "f32" | "f16" | "int8";
 
@@ -126,7 +128,6 @@ const DEFAULT_MAX_RAW = 1 << 30;
 const MAX_DEFLATE_RATIO = 1032;
 const MAX_SHAPE_DIM = 1 << 16;
 const MAX_KV_DIM = 1 << 20;
-const F16_MAX = 65504;
 
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error("session codec: a little-endian host is required");
@@ -199,82 +200,6 @@ function bytesOf(a: Float32Array | Uint16Array | Int8Array): Uint8Array {
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-/** f32 → f16 bits, round to nearest even, finite values beyond the f16 range clamped to ±65504. */
-function toF16(src: Float32Array): Uint16Array {
-  const out = new Uint16Array(src.length);
-  const F16 = (globalThis as unknown as {
-    Float16Array?: new (
-      n: number,
-    ) => ArrayLike<number> & { buffer: ArrayBuffer; set(a: ArrayLike<number>): void };
-  }).Float16Array;
-  if (F16) {
-    const clamped = new Float32Array(src.length);
-    for (let i = 0; i < src.length; i++) {
-      const x = src[i];
-      clamped[i] = x > F16_MAX
-        ? (x === Infinity ? x : F16_MAX)
-        : x < -F16_MAX
-        ? (x === -Infinity ? x : -F16_MAX)
-        : x;
-    }
-    const h = new F16(src.length);
-    h.set(clamped);
-    out.set(new Uint16Array(h.buffer));
-    return out;
-  }
-  const f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
-  for (let i = 0; i < src.length; i++) {
-    let x = src[i];
-    if (Number.isFinite(x)) x = Math.max(-F16_MAX, Math.min(F16_MAX, x));
-    f[0] = x;
-    const bits = u[0];
-    const sign = (bits >>> 16) & 0x8000;
-    const exp = (bits >>> 23) & 0xff;
-    let mant = bits & 0x7fffff;
-    if (exp === 0xff) {
-      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
-      continue;
-    }
-    const e = exp - 127 + 15;
-    if (e >= 0x1f) {
-      out[i] = sign | 0x7bff;
-      continue;
-    }
-    if (e <= 0) {
-      if (e < -10) {
-        out[i] = sign;
-        continue;
-      }
-      mant |= 0x800000;
-      const shift = 14 - e;
-      let h = mant >>> shift;
-      const rem = mant & ((1 << shift) - 1);
-      const half = 1 << (shift - 1);
-      if (rem > half || (rem === half && (h & 1))) h++;
-      out[i] = sign | h;
-      continue;
-    }
-    let h = (e << 10) | (mant >>> 13);
-    const rem = mant & 0x1fff;
-    if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
-    out[i] = sign | h;
-  }
-  return out;
-}
-
-function fromF16(src: Uint16Array, dst: Float32Array): void {
-  for (let i = 0; i < src.length; i++) {
-    const h = src[i];
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >>> 10) & 0x1f;
-    const m = h & 0x3ff;
-    if (e === 0) dst[i] = sign * m * 2 ** -24;
-    else if (e === 0x1f) dst[i] = m ? NaN : sign * Infinity;
-    else dst[i] = sign * (1 + m / 1024) * 2 ** (e - 15);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------- encode
@@ -456,7 +381,7 @@ export function encodeSnapshotWithStats(s: SessionSnapshot, opts: EncodeOptions)
     for (const [name, rows] of [["K", kv.k[l]], ["V", kv.v[l]]] as const) {
       const data = rows.subarray(0, n * kvDim);
       if (precision === "f32") w.floats(bytesOf(data), 4, shuffle);
-      else if (precision === "f16") w.floats(bytesOf(toF16(data)), 2, shuffle);
+      else if (precision === "f16") w.floats(bytesOf(toF16Bits(data)), 2, shuffle);
       else {
         const { scales, q } = quantizeInt8(data, n, nHeads, headDim, `${name} of layer ${l}`);
         w.floats(bytesOf(scales), 4, shuffle);
@@ -737,7 +662,7 @@ export function decodeSnapshot(bytes: Uint8Array, expect?: DecodeExpect): Sessio
       else if (precision === "f16") {
         const hb = new Uint16Array(n * kvDim);
         r.floats(hb, what, h.shuffled);
-        fromF16(hb, dst);
+        fromF16Bits(hb, dst);
       } else {
         const scales = new Float32Array(n * nKVHeads);
         r.floats(scales, `${what} scales`, h.shuffled);

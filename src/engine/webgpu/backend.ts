@@ -17,7 +17,8 @@
 import type { ModelConfig, ModelWeights, Tensor } from "../../model/types.ts";
 import { type Backend, checkBatch, type KVPrecision, type StepInput, type StepOutput } from "../backend.ts";
 import { type Binding, F32, GpuKernels, type KVStorage, StepRecorder } from "./kernels.ts";
-import { f16BitsToF32, WebGPUKV } from "./kv.ts";
+import { WebGPUKV } from "./kv.ts";
+import { fromF16Bits } from "../../model/f16.ts";
 import { destroyMatrix, type GpuMatrix, tensorToF32, uploadF32, uploadMatrix } from "./weights.ts";
 
 export { WebGPUKV } from "./kv.ts";
@@ -613,7 +614,7 @@ export class WebGPUBackend implements Backend {
         data = new Float32Array(buf, 0, head / 4);
         if (mirrorElems > 0) {
           rows = eb === 2
-            ? f16BitsToF32(new Uint16Array(buf, head, mirrorElems))
+            ? fromF16Bits(new Uint16Array(buf, head, mirrorElems))
             : new Float32Array(buf, head, mirrorElems);
         }
       }

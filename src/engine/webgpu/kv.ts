@@ -12,57 +12,13 @@
  * `loadFrom` rounds what it loads, so an f16 snapshot round trip is exact.
  */
 import { HostKVCache, type SequenceKV } from "../../kv/cache.ts";
+import { fromF16Bits, toF16Bits } from "../../model/f16.ts";
 import { checkShape, KVIndex, type KVShape, type PrunePlan } from "../../kv/kv_index.ts";
 import type { KVPrecision } from "../backend.ts";
 import { type GpuKernels, kvElementBytes, type KVStorage, StepRecorder } from "./kernels.ts";
 
 const MIN_CAPACITY = 16;
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-
-type F16ArrayCtor = new (
-  buf: ArrayBufferLike | ArrayLike<number>,
-  off?: number,
-  n?: number,
-) => ArrayLike<number> & {
-  buffer: ArrayBufferLike;
-};
-const Float16 = (globalThis as unknown as { Float16Array?: F16ArrayCtor }).Float16Array;
-
-/** IEEE half bits → f32 values (exact). */
-export function f16BitsToF32(bits: Uint16Array): Float32Array {
-  if (Float16) return Float32Array.from(new Float16(bits.buffer, bits.byteOffset, bits.length));
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i], s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, m = h & 0x3ff;
-    out[i] = e === 31
-      ? (m ? NaN : s * Infinity)
-      : e === 0
-      ? s * m * 2 ** -24
-      : s * (1024 + m) * 2 ** (e - 25);
-  }
-  return out;
-}
-
-/** f32 values → IEEE half bits, rounded to nearest even (Math.f16round); overflow → ±inf. */
-export function f32ToF16Bits(x: ArrayLike<number>): Uint16Array {
-  if (Float16) {
-    const h = new Float16(x);
-    return new Uint16Array(h.buffer);
-  }
-  const out = new Uint16Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const v = Math.f16round(x[i]), a = Math.abs(v), s = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-    if (Number.isNaN(v)) out[i] = 0x7e00;
-    else if (a === Infinity) out[i] = s | 0x7c00;
-    else if (a < 2 ** -14) out[i] = s | Math.round(a * 2 ** 24);
-    else {
-      const e = Math.floor(Math.log2(a));
-      const ee = a >= 2 ** (e + 1) ? e + 1 : a < 2 ** e ? e - 1 : e;
-      out[i] = s | ((ee + 15) << 10) | Math.round((a / 2 ** ee - 1) * 1024);
-    }
-  }
-  return out;
-}
 
 /** Where a step's keep lists sit in its keep buffer: per layer the element offset, or -1 (no dispatch). */
 export type KeepOffsets = number[];
@@ -284,7 +240,7 @@ export class WebGPUKV implements SequenceKV {
   /** Stored elements (f32 or f16 bits) for `values`, rounded to f16 when the precision is f16. */
   private encode(values: Float32Array): Uint8Array<ArrayBuffer> {
     if (this.storage === "f16") {
-      const b = f32ToF16Bits(values);
+      const b = toF16Bits(values);
       return new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.byteLength);
     }
     const f = new Float32Array(values);
@@ -294,7 +250,7 @@ export class WebGPUKV implements SequenceKV {
 
   /** f32 values of `n` stored elements at byte `offset` of `buf`. */
   private decode(buf: ArrayBuffer, offset: number, n: number): Float32Array {
-    if (this.storage === "f16") return f16BitsToF32(new Uint16Array(buf, offset, n));
+    if (this.storage === "f16") return fromF16Bits(new Uint16Array(buf, offset, n));
     return new Float32Array(buf, offset, n);
   }
 
