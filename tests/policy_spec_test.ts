@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { formatPolicyText, parsePolicyText, PolicySpecSyntaxError } from "../src/kv/policy_spec.ts";
+import {
+  formatPolicyText,
+  parsePolicyList,
+  parsePolicyText,
+  PolicySpecSyntaxError,
+} from "../src/kv/policy_spec.ts";
 
 Deno.test("policy spec text: name, name:k=v and JSON forms parse to the same spec", () => {
   assert.deepEqual(parsePolicyText("lethe"), { name: "lethe" });
@@ -29,5 +34,21 @@ Deno.test("policy spec text: malformed specs are one clear error", () => {
     ]
   ) {
     assert.throws(() => parsePolicyText(bad), PolicySpecSyntaxError, bad);
+  }
+});
+
+Deno.test("policy spec lists (the CLIs comparing policies): names, name:k=v,… items, JSON arrays", () => {
+  assert.deepEqual(parsePolicyList("streaming,h2o"), [{ name: "streaming" }, { name: "h2o" }]);
+  assert.deepEqual(parsePolicyList("lethe:select=layer,farPower=0,lethe:farPower=0,lethe,h2o:budget=.5"), [
+    { name: "lethe", select: "layer", farPower: 0 },
+    { name: "lethe", farPower: 0 },
+    { name: "lethe" },
+    { name: "h2o", budget: 0.5 },
+  ]);
+  const specs = [{ name: "lethe", budget: 128 }, { name: "tova" }];
+  assert.deepEqual(parsePolicyList(JSON.stringify(specs)), specs);
+  assert.deepEqual(parsePolicyList(specs.map(formatPolicyText).join(",")), specs);
+  for (const bad of ["budget=3,h2o", "lethe:mode=fixed:tau=5,", "[]", "[1]", "h2o,,tova"]) {
+    assert.throws(() => parsePolicyList(bad), PolicySpecSyntaxError, bad);
   }
 });

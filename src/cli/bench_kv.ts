@@ -18,6 +18,7 @@ import type { KVPrecision } from "../engine/backend.ts";
 import { Sequence } from "../engine/sequence.ts";
 import { GREEDY } from "../engine/sampler.ts";
 import type { PolicySpec } from "../kv/contract.ts";
+import { formatPolicyText, parsePolicyList, parsePolicyText } from "../kv/policy_spec.ts";
 import { createPolicy } from "../kv/registry.ts";
 import { resolve } from "node:path";
 
@@ -26,7 +27,8 @@ const USAGE = `usage: deno task bench:kv [options]
   --shape NAME        synthetic shape: ${Object.keys(SHAPES).join(", ")} (default mid)
   --tokens N          decode steps per sequence (default 2048)
   --batches LIST      batch sizes (default 1,16)
-  --policies LIST     full,lethe,streaming,h2o,tova,snapkv,pyramidkv (default full,lethe,streaming,h2o,tova)
+  --policies LIST     KV-policy specs, comma-separated (name or name:key=value,…; default
+                      full,lethe,streaming,h2o,tova); a spec without a budget gets --budget (Lethe: fixed mode)
   --budget F          kept tokens per layer as a fraction of --tokens (default 0.25)
   --backend NAME      ${BACKEND_CHOICES.join("|")} (default native when built, else auto)
   --kv f32|f16        KV cache element precision (default f16, like the server)
@@ -57,17 +59,19 @@ function peakRssMB(): number {
   return Deno.memoryUsage().rss / 2 ** 20;
 }
 
-function policySpec(name: string, budget: number): PolicySpec {
-  if (name === "full") return { name };
-  if (name === "lethe") return { name, mode: "fixed", budget };
-  return { name, budget };
+/** The spec with the run's budget where it names none (and Lethe in fixed mode unless a mode is given). */
+function withBudget(spec: PolicySpec, budget: number): PolicySpec {
+  if (spec.name === "full") return spec;
+  const out: PolicySpec = { budget, ...spec };
+  if (spec.name === "lethe" && spec.mode === undefined) out.mode = "fixed";
+  return out;
 }
 
 /** One configuration, in this process: returns its row. */
 async function runOne(
   modelPath: string,
   backendName: BackendChoice,
-  name: string,
+  spec: PolicySpec,
   batch: number,
   tokens: number,
   budget: number,
@@ -81,7 +85,7 @@ async function runOne(
       maxTokens: tokens,
       stop: [],
       sampling: GREEDY,
-      policy: createPolicy(policySpec(name, budget), shape),
+      policy: createPolicy(withBudget(spec, budget), shape),
       stopAtEos: false,
     });
     // distinct short prompts: BOS + a few different tokens
@@ -114,7 +118,7 @@ async function runOne(
   });
   const policyMs = seqs.reduce((a, s) => a + s.policy.stats.pruneMs, 0);
   return {
-    policy: name,
+    policy: formatPolicyText(spec),
     kv_precision: backend.kvPrecision,
     batch,
     tokens,
@@ -156,15 +160,21 @@ await runMain(async () => {
   if (kvPrecision !== "f32" && kvPrecision !== "f16") throw new UsageError("--kv must be f32 or f16");
 
   if (f["run-one"]) {
-    const [modelPath, name, batch] = JSON.parse(f["run-one"]);
+    const [modelPath, specText, batch] = JSON.parse(f["run-one"]);
+    const spec = parsePolicyText(specText);
     console.log(
-      JSON.stringify(await runOne(modelPath, backendName, name, batch, tokens, budget, kvPrecision)),
+      JSON.stringify(await runOne(modelPath, backendName, spec, batch, tokens, budget, kvPrecision)),
     );
     return;
   }
   const batches = (f.batches ?? "1,16").split(",").map((b) => intFlag("batches", b, 1, 1));
-  const policies = (f.policies ?? "full,lethe,streaming,h2o,tova").split(",");
-  for (const p of policies) createPolicy(policySpec(p, budget), { nLayers: 1, contextLength: tokens }); // validate early
+  let policies: PolicySpec[];
+  try {
+    policies = parsePolicyList(f.policies ?? "full,lethe,streaming,h2o,tova");
+    for (const p of policies) createPolicy(withBudget(p, budget), { nLayers: 1, contextLength: tokens }); // validate early
+  } catch (e) {
+    throw new UsageError(`--policies: ${(e as Error).message}`);
+  }
   let modelPath = f.model;
   if (!modelPath) {
     const shape = f.shape ?? "mid";
@@ -184,7 +194,8 @@ await runMain(async () => {
   );
   const rows: Row[] = [];
   for (const batch of batches) {
-    for (const name of policies) {
+    for (const spec of policies) {
+      const name = formatPolicyText(spec);
       const out = await new Deno.Command(Deno.execPath(), {
         args: [
           "run",

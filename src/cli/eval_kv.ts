@@ -13,8 +13,8 @@
  *     policy and budget the fraction of tokens equal to the full cache's output before the first divergence,
  *     and the full-cache model's perplexity of the pruned generation.
  *
- * Policies are `name[:param=value]*`, e.g. `lethe:mode=adaptive:tau=50`. The budget is passed as an
- * absolute token count. Fixed-budget Lethe prunes back to its share when a layer exceeds it by `slack`, so
+ * Policies are a list in the one spec syntax (src/kv/policy_spec.ts), e.g.
+ * `h2o,lethe:mode=adaptive,tau=50,snapkv`. The budget is passed as an absolute token count. Fixed-budget Lethe prunes back to its share when a layer exceeds it by `slack`, so
  * it is given `budget − slack/2` to sit at the same average as the baselines (compare avg_kept; its peak is
  * higher by slack/2). Adaptive Lethe ignores budgets and gets one row.
  * With no --model both shared models run.
@@ -26,6 +26,7 @@ import { createTsBackend } from "../engine/ts/backend.ts";
 import type { Backend, StepInput } from "../engine/backend.ts";
 import type { SequenceKV } from "../kv/cache.ts";
 import type { PrunePlan } from "../kv/kv_index.ts";
+import { formatPolicyText, parsePolicyList } from "../kv/policy_spec.ts";
 import type { KVPolicy, PolicyShape, PolicySpec } from "../kv/contract.ts";
 import { createPolicy, parsePolicySpec, POLICY_NAMES } from "../kv/registry.ts";
 import { splitStories, tokenizeStories, windows } from "../eval/text.ts";
@@ -34,8 +35,8 @@ import { resolve } from "node:path";
 const USAGE = `usage: deno task eval:kv [options]
   --model PATH       GGUF file or HF directory (repeatable via commas; default: both shared models)
   --text FILE        stories separated by blank lines (default ../shared/data/tinystories_val_dev.txt)
-  --policies LIST    comma list of name[:param=value]* (default streaming,h2o,tova,snapkv,pyramidkv,lethe,
-                     lethe:mode=adaptive); known: ${POLICY_NAMES.join(", ")}
+  --policies LIST    specs, comma-separated: name or name:key=value,… (default streaming,h2o,tova,snapkv,
+                     pyramidkv,lethe,lethe:mode=adaptive); known: ${POLICY_NAMES.join(", ")}
   --budgets LIST     fractions of the window (default 0.5,0.25,0.125)
   --window N         window length in tokens (default 512, at most the model's context)
   --max-seqs N       windows evaluated per model (default 6)
@@ -72,31 +73,12 @@ interface Row {
   prune_ms_per_token: number;
 }
 
-function parseValue(v: string): number | boolean | string {
-  if (v === "true") return true;
-  if (v === "false") return false;
-  const n = Number(v);
-  return v.trim() !== "" && Number.isFinite(n) ? n : v;
-}
-
-function parsePolicyItem(item: string): PolicySpec {
-  const [name, ...kvs] = item.split(":");
-  const spec: PolicySpec = { name };
-  for (const kv of kvs) {
-    const eq = kv.indexOf("=");
-    if (eq <= 0) throw new UsageError(`--policies: expected param=value in "${item}", got "${kv}"`);
-    spec[kv.slice(0, eq)] = parseValue(kv.slice(eq + 1));
-  }
-  return spec;
-}
-
 function buildConfigs(items: PolicySpec[], budgets: number[], window: number, nLayers: number): Config[] {
   const out: Config[] = [];
   for (const item of items) {
     if (item.name === "full") continue; // the reference runs anyway
     const adaptive = item.name === "lethe" && item.mode === "adaptive";
-    const label = Object.entries(item).filter(([k]) => k !== "name").map(([k, v]) => `${k}=${v}`).join(":");
-    const name = label ? `${item.name}:${label}` : item.name;
+    const name = formatPolicyText(item);
     if (adaptive) {
       parsePolicySpec(item);
       out.push({ label: name, spec: item, budget: null, budgetTokens: null });
@@ -327,14 +309,12 @@ await runMain(async () => {
   if (backendChoice !== undefined && backendChoice !== "ts" && backendChoice !== "native") {
     throw new UsageError(`--backend must be ts or native, got "${f.backend}"`);
   }
-  const items = (f.policies ?? "streaming,h2o,tova,snapkv,pyramidkv,lethe,lethe:mode=adaptive").split(",")
-    .filter((s) => s.trim()).map((s) => parsePolicyItem(s.trim()));
-  for (const it of items) {
-    try {
-      parsePolicySpec(it);
-    } catch (e) {
-      throw new UsageError(`--policies: ${(e as Error).message}`);
-    }
+  let items: PolicySpec[];
+  try {
+    items = parsePolicyList(f.policies ?? "streaming,h2o,tova,snapkv,pyramidkv,lethe,lethe:mode=adaptive");
+    for (const it of items) parsePolicySpec(it);
+  } catch (e) {
+    throw new UsageError(`--policies: ${(e as Error).message}`);
   }
   const budgets = (f.budgets ?? "0.5,0.25,0.125").split(",").map((s) => {
     const b = Number(s);

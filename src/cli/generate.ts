@@ -6,7 +6,9 @@ import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./common.ts";
 import { loadModel, SHARED_MODELS } from "../model/loader.ts";
 import { BACKEND_CHOICES, type BackendChoice, openBackend } from "../engine/select.ts";
 import { runSequence, Sequence } from "../engine/sequence.ts";
-import { createPolicy } from "../kv/registry.ts";
+import type { PolicySpec } from "../kv/contract.ts";
+import { parsePolicyText } from "../kv/policy_spec.ts";
+import { createPolicy, parsePolicySpec } from "../kv/registry.ts";
 import type { SamplingParams } from "../engine/sampler.ts";
 
 const USAGE = `usage: deno task generate --model PATH --prompt TEXT [options]
@@ -20,7 +22,7 @@ const USAGE = `usage: deno task generate --model PATH --prompt TEXT [options]
   --stop TEXT             stop string (repeatable)
   --ignore-eos            keep generating past the EOS token
   --backend NAME          ${BACKEND_CHOICES.join("|")} (default auto)
-  --kv-policy JSON        KV policy, e.g. '{"name":"lethe","budget":128}' (default full cache)
+  --kv-policy SPEC        KV policy: lethe, lethe:mode=fixed,budget=128 or JSON (default full cache)
   --ctx N                 override the model's context length`;
 
 await runMain(async () => {
@@ -56,12 +58,13 @@ await runMain(async () => {
     repetitionWindow: intFlag("repeat-window", f["repeat-window"], 64),
     seed: f.seed === undefined ? undefined : intFlag("seed", f.seed, 0),
   };
-  let policySpec: { name: string; [k: string]: unknown } = { name: "full" };
+  let policySpec: PolicySpec = { name: "full" };
   if (f["kv-policy"] !== undefined) {
     try {
-      policySpec = JSON.parse(f["kv-policy"]);
-    } catch {
-      throw new UsageError(`--kv-policy must be JSON like '{"name":"lethe"}', got ${f["kv-policy"]}`);
+      policySpec = parsePolicyText(f["kv-policy"]);
+      parsePolicySpec(policySpec);
+    } catch (e) {
+      throw new UsageError(`--kv-policy: ${(e as Error).message}`);
     }
   }
   const ctx = f.ctx === undefined ? undefined : intFlag("ctx", f.ctx, 1, 1);

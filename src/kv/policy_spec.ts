@@ -9,6 +9,10 @@
  * In the key=value form a value that reads as a number is a number, `true`/`false` are booleans, anything
  * else is a string. The result is only parsed, not validated: `parsePolicySpec` validates it against the
  * policy's schema.
+ *
+ * A list of specs (`parsePolicyList`, for the CLIs that compare policies) separates them with commas as well:
+ * `streaming,lethe:mode=fixed,budget=128,h2o` — a comma item that is `name` or starts with `name:` begins a
+ * spec, a `key=value` item continues the one before. JSON objects go in a JSON array.
  */
 import type { PolicySpec } from "./contract.ts";
 
@@ -74,4 +78,28 @@ export function parsePolicyText(text: string): PolicySpec {
 export function formatPolicyText(spec: { name: string; [k: string]: unknown }): string {
   const params = Object.entries(spec).filter(([k]) => k !== "name");
   return params.length === 0 ? spec.name : `${spec.name}:${params.map(([k, v]) => `${k}=${v}`).join(",")}`;
+}
+
+/** Parse a comma-separated list of specs (see above) or a JSON array of spec objects. */
+export function parsePolicyList(text: string): PolicySpec[] {
+  const s = text.trim();
+  if (s.startsWith("[")) {
+    let arr: unknown;
+    try {
+      arr = JSON.parse(s);
+    } catch (e) {
+      throw new PolicySpecSyntaxError(`KV policy list is not valid JSON: ${(e as Error).message}`);
+    }
+    if (!Array.isArray(arr) || arr.length === 0) {
+      throw new PolicySpecSyntaxError("KV policy list must be a non-empty JSON array of spec objects");
+    }
+    return arr.map((o) => parsePolicyText(JSON.stringify(o)));
+  }
+  const groups: string[] = [];
+  for (const item of s.split(",")) {
+    const head = item.trim().match(/^([a-z][a-z0-9_]*)(:|$)/);
+    if (head || groups.length === 0) groups.push(item);
+    else groups[groups.length - 1] += "," + item;
+  }
+  return groups.map(parsePolicyText);
 }
