@@ -9,15 +9,15 @@
  * printed), at the strict tolerances.
  */
 import assert from "node:assert/strict";
-import { resolve } from "node:path";
 import { ALL_WEIGHT_TYPES, Checker, conformance } from "./support/conformance.ts";
+import { emulatedCudaLibrary } from "./support/cuda_emu.ts";
 import { randomTokens, Rng, synthModel } from "./support/synthetic.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
 import type { SequenceKV } from "../src/kv/cache.ts";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
 import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
 import { LETHE_ABI_VERSION } from "../src/engine/native.ts";
-import { loadModel, REPO_ROOT, SHARED_MODELS } from "../src/model/loader.ts";
+import { loadModel, SHARED_MODELS } from "../src/model/loader.ts";
 import { GGMLType } from "../src/model/types.ts";
 
 async function hasNvcc(): Promise<boolean> {
@@ -159,49 +159,7 @@ Deno.test({
   },
 });
 
-/**
- * Compiles native/cuda/lethe_cuda.cu and native/common/abi.cpp with g++ against native/cuda/emu/cuda_emu.h (CUDA threads as fibers,
- * __syncthreads and warp shuffles emulated; 64-thread blocks, so multi-warp reductions are exercised) into a
- * temporary library (removed when the tests end; a loaded library stays mapped). Returns its path, or why it
- * could not be built.
- */
-async function buildEmulated(): Promise<{ path?: string; error?: string }> {
-  const srcs = [
-    resolve(REPO_ROOT, "native", "cuda", "lethe_cuda.cu"),
-    resolve(REPO_ROOT, "native", "common", "abi.cpp"),
-  ];
-  const flags = [
-    "-std=c++20",
-    "-O2",
-    "-x",
-    "c++",
-    "-DLETHE_EMU",
-    "-DLETHE_BLOCK_OVERRIDE=64",
-    // A 200-float attention budget: a step's rows are split into many chunks (multi-chunk attention + scores).
-    "-DLETHE_ATT_BUDGET_FLOATS=200",
-    "-fPIC",
-    "-shared",
-  ];
-  try {
-    const dir = await Deno.makeTempDir({ prefix: "lethe_cuda_emu_" });
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-    const path = `${dir}/liblethe_cuda_emu.so`;
-    const out = await new Deno.Command("g++", {
-      args: [...flags, "-o", path, ...srcs],
-      stdout: "piped",
-      stderr: "piped",
-    })
-      .output();
-    if (!out.success) {
-      return { error: new TextDecoder().decode(out.stderr).split("\n").slice(0, 10).join("\n") };
-    }
-    return { path };
-  } catch (e) {
-    return { error: `g++ not runnable: ${(e as Error).message}` };
-  }
-}
-
-const emu = await buildEmulated();
+const emu = await emulatedCudaLibrary();
 if (!emu.path) console.log(`cuda: host-emulator tests ignored: ${emu.error}`);
 
 Deno.test({
