@@ -16,7 +16,8 @@ import { createTsBackend } from "../src/engine/ts/backend.ts";
 import type { SequenceKV } from "../src/kv/cache.ts";
 import { buildNative, CUDA_LIB } from "../native/build.ts";
 import { cudaLibraryPath, type CudaProbe, openCudaBackend, probeCuda } from "../src/engine/cuda.ts";
-import { LETHE_ABI_VERSION } from "../src/engine/native.ts";
+import { LETHE_ABI_VERSION, LETHE_SYMBOLS } from "../src/engine/native.ts";
+import { config } from "./support/lethe_config.ts";
 import { loadModel, SHARED_MODELS } from "../src/model/loader.ts";
 import { GGMLType } from "../src/model/types.ts";
 
@@ -62,41 +63,8 @@ if (noGpu) {
 
 const STORIES = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 
-/** A minimal raw binding, independent of src/engine/native.ts. */
-const RAW_SYMBOLS = {
-  lethe_device_count: { parameters: [], result: "i32" },
-  lethe_last_error: { parameters: [], result: "pointer" },
-  lethe_backend_info: { parameters: [], result: "pointer" },
-  lethe_abi_version: { parameters: [], result: "i32" },
-  lethe_model_create: { parameters: ["buffer"], result: "pointer" },
-  lethe_model_free: { parameters: ["pointer"], result: "void" },
-} as const;
-
 function cstr(p: Deno.PointerValue): string {
   return p === null ? "" : Deno.UnsafePointerView.getCString(p);
-}
-
-/** lethe_config bytes (lethe.h: 14 × 4 bytes). */
-function configBytes(c: Partial<Record<string, number>> = {}): Uint8Array {
-  const b = new ArrayBuffer(56);
-  const dv = new DataView(b);
-  const ints = [
-    c.dim ?? 64,
-    c.nLayers ?? 2,
-    c.nHeads ?? 4,
-    c.nKVHeads ?? 2,
-    c.headDim ?? 16,
-    c.ffnDim ?? 96,
-    c.vocab ?? 32,
-  ];
-  ints.forEach((v, i) => dv.setInt32(i * 4, v, true));
-  dv.setFloat32(28, 1e-5, true);
-  dv.setFloat32(32, 10000, true);
-  dv.setInt32(36, 0, true);
-  dv.setInt32(40, 0, true);
-  dv.setInt32(44, c.device ?? 0, true);
-  dv.setInt32(48, c.kvType ?? 0, true); // kv_type: 0 = f32, 1 = f16
-  return new Uint8Array(b);
 }
 
 Deno.test({
@@ -105,7 +73,7 @@ Deno.test({
   fn() {
     assert.ok(libBuilt, `CUDA build failed: ${built?.message}`);
     assert.ok(Deno.statSync(CUDA_LIB).isFile, `${CUDA_LIB} missing`);
-    const lib = Deno.dlopen(CUDA_LIB, RAW_SYMBOLS);
+    const lib = Deno.dlopen(CUDA_LIB, LETHE_SYMBOLS);
     assert.equal(lib.symbols.lethe_abi_version(), LETHE_ABI_VERSION);
     assert.match(cstr(lib.symbols.lethe_backend_info()), /^cuda/);
   },
@@ -115,33 +83,33 @@ Deno.test({
   name: "cuda: without a device, device count is -1 and model create / openCudaBackend fail cleanly",
   ignore: !libBuilt || !localNoDevice,
   async fn() {
-    const lib = Deno.dlopen(CUDA_LIB, RAW_SYMBOLS).symbols;
+    const lib = Deno.dlopen(CUDA_LIB, LETHE_SYMBOLS).symbols;
     assert.equal(lib.lethe_device_count(), -1);
     const err = cstr(lib.lethe_last_error());
     assert.match(err, /^no CUDA device: \S/, err);
     assert.match(cstr(lib.lethe_backend_info()), /^cuda \(no CUDA device: /);
 
     // A valid config fails on the missing device: NULL + the same kind of message.
-    assert.equal(lib.lethe_model_create(configBytes()), null);
+    assert.equal(lib.lethe_model_create(config()), null);
     assert.match(cstr(lib.lethe_last_error()), /^no CUDA device: \S/);
     // A bad config is rejected first, with a message naming the problem.
-    assert.equal(lib.lethe_model_create(configBytes({ nHeads: 3, nKVHeads: 2 })), null);
+    assert.equal(lib.lethe_model_create(config({ nHeads: 3, nKVHeads: 2 })), null);
     assert.match(cstr(lib.lethe_last_error()), /n_heads 3 is not a multiple of n_kv_heads 2/);
-    assert.equal(lib.lethe_model_create(configBytes({ headDim: 15 })), null);
+    assert.equal(lib.lethe_model_create(config({ headDim: 15 })), null);
     assert.match(cstr(lib.lethe_last_error()), /head_dim 15 must be even/);
-    assert.equal(lib.lethe_model_create(configBytes({ dim: -1 })), null);
+    assert.equal(lib.lethe_model_create(config({ dim: -1 })), null);
     assert.match(cstr(lib.lethe_last_error()), /dimensions out of range/);
     assert.equal(lib.lethe_model_create(null), null);
     assert.match(cstr(lib.lethe_last_error()), /cfg is NULL/);
     for (const kvType of [2, -1]) {
-      assert.equal(lib.lethe_model_create(configBytes({ kvType })), null);
+      assert.equal(lib.lethe_model_create(config({ kvType })), null);
       assert.match(
         cstr(lib.lethe_last_error()),
         new RegExp(`unknown kv_type ${kvType} \\(0 = f32, 1 = f16\\)`),
       );
     }
     // f16 (kv_type 1) is a valid config: it too fails only on the missing device.
-    assert.equal(lib.lethe_model_create(configBytes({ kvType: 1 })), null);
+    assert.equal(lib.lethe_model_create(config({ kvType: 1 })), null);
     assert.match(cstr(lib.lethe_last_error()), /^no CUDA device: \S/);
 
     assert.equal(local.probe?.devices, -1);
@@ -169,17 +137,17 @@ Deno.test({
     const info = probeCuda(emu.path!);
     assert.equal(info.devices, 1);
     assert.match(info.info, /host emulator/);
-    const lib = Deno.dlopen(emu.path!, RAW_SYMBOLS);
+    const lib = Deno.dlopen(emu.path!, LETHE_SYMBOLS);
     try {
       const sym = lib.symbols;
       for (const kvType of [2, -1, 0x10000]) {
-        assert.equal(sym.lethe_model_create(configBytes({ kvType })), null);
+        assert.equal(sym.lethe_model_create(config({ kvType })), null);
         assert.match(
           cstr(sym.lethe_last_error()),
           new RegExp(`unknown kv_type ${kvType} \\(0 = f32, 1 = f16\\)`),
         );
       }
-      const m16 = sym.lethe_model_create(configBytes({ kvType: 1 }));
+      const m16 = sym.lethe_model_create(config({ kvType: 1 }));
       assert.notEqual(m16, null, cstr(sym.lethe_last_error()));
       sym.lethe_model_free(m16);
     } finally {

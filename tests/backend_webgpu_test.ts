@@ -69,14 +69,19 @@ conformance({
   elementBytes: (kv) => (kv as WebGPUKV).elemBytes,
 });
 
+/** A device of its own with the kernels loaded (shader-f16 where the adapter has it). */
+async function kernelDevice(): Promise<{ device: GPUDevice; f16: boolean; k: GpuKernels }> {
+  const adapter = (avail as { adapter: GPUAdapter }).adapter;
+  const f16 = adapter.features.has("shader-f16");
+  const device = await adapter.requestDevice({ requiredFeatures: f16 ? ["shader-f16"] : [] });
+  return { device, f16, k: await GpuKernels.load(device, f16) };
+}
+
 Deno.test({
   name: "webgpu kernels: batched matmul (f32, f16, q8_0, q4_0 weights; bias; residual; row chunks) equals JS",
   ignore,
   async fn() {
-    const adapter = (avail as { adapter: GPUAdapter }).adapter;
-    const f16 = adapter.features.has("shader-f16");
-    const device = await adapter.requestDevice({ requiredFeatures: f16 ? ["shader-f16"] : [] });
-    const k = await GpuKernels.load(device, f16);
+    const { device, f16, k } = await kernelDevice();
     const rows = 40, cols = 64, n = 11; // n > 8 spans two token tiles
     let seed = 7;
     const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32) * 2 - 1;
@@ -170,10 +175,7 @@ Deno.test({
   name: "webgpu kv_append: f16 rounding is bit-exact with Math.f16round (ties, subnormals, overflow, -0)",
   ignore,
   async fn() {
-    const adapter = (avail as { adapter: GPUAdapter }).adapter;
-    const f16 = adapter.features.has("shader-f16");
-    const device = await adapter.requestDevice({ requiredFeatures: f16 ? ["shader-f16"] : [] });
-    const k = await GpuKernels.load(device, f16);
+    const { device, f16, k } = await kernelDevice();
     // edge cases: ties to even in the normal and subnormal ranges, range boundaries, overflow, signed zero
     const e: number[] = [
       0,

@@ -7,42 +7,10 @@
 import assert from "node:assert/strict";
 import { buildNative, CPU_LIB, CUDA_LIB } from "../native/build.ts";
 import { emulatedCudaLibrary } from "./support/cuda_emu.ts";
-import { LETHE_ABI_VERSION } from "../src/engine/native.ts";
+import { LETHE_ABI_VERSION, LETHE_SYMBOLS, type LetheConfig } from "../src/engine/native.ts";
+import { config } from "./support/lethe_config.ts";
 
-const SYMBOLS = {
-  lethe_abi_version: { parameters: [], result: "i32" },
-  lethe_last_error: { parameters: [], result: "pointer" },
-  lethe_model_create: { parameters: ["buffer"], result: "pointer" },
-  lethe_model_free: { parameters: ["pointer"], result: "void" },
-  lethe_model_set_tensor: {
-    parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64", "i64"],
-    result: "i32",
-  },
-  lethe_kv_create: { parameters: ["pointer"], result: "pointer" },
-  lethe_kv_free: { parameters: ["pointer"], result: "void" },
-  lethe_kv_len: { parameters: ["pointer", "i32"], result: "i32" },
-  lethe_kv_compact: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
-  lethe_kv_write: { parameters: ["pointer", "i32", "buffer", "buffer", "buffer", "i32"], result: "i32" },
-  lethe_forward: {
-    parameters: [
-      "pointer",
-      "i32",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-    ],
-    result: "i32",
-  },
-} as const;
-type Lib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+type Lib = Deno.DynamicLibrary<typeof LETHE_SYMBOLS>["symbols"];
 
 const LIMITS = { maxStepTokens: 1 << 18, maxHeadDim: 1024, maxDim: 1 << 20 }; // lethe.h
 
@@ -54,7 +22,7 @@ try {
 } catch { /* not built here */ }
 
 function open(path: string): Lib {
-  return Deno.dlopen(path, SYMBOLS).symbols; // kept open: the libraries hold OpenMP threads
+  return Deno.dlopen(path, LETHE_SYMBOLS).symbols; // kept open: the libraries hold OpenMP threads
 }
 
 const libs: [string, Lib][] = [];
@@ -66,29 +34,6 @@ if (cudaBuilt) libs.push(["cuda", open(CUDA_LIB)]);
 function lastError(lib: Lib): string {
   const p = lib.lethe_last_error();
   return p === null ? "" : Deno.UnsafePointerView.getCString(p);
-}
-
-/** lethe_config bytes (14 × 4): a small valid model unless overridden. */
-function config(c: Partial<Record<string, number>> = {}): Uint8Array {
-  const b = new ArrayBuffer(56), dv = new DataView(b);
-  [
-    c.dim ?? 64,
-    c.nLayers ?? 2,
-    c.nHeads ?? 4,
-    c.nKVHeads ?? 2,
-    c.headDim ?? 16,
-    c.ffnDim ?? 96,
-    c.vocab ?? 32,
-  ]
-    .forEach((v, i) => dv.setInt32(i * 4, v, true));
-  dv.setFloat32(28, c.normEps ?? 1e-5, true);
-  dv.setFloat32(32, c.ropeTheta ?? 10000, true);
-  dv.setInt32(36, c.ropeStyle ?? 0, true);
-  dv.setInt32(40, c.maxThreads ?? 1, true);
-  dv.setInt32(44, c.device ?? 0, true);
-  dv.setInt32(48, c.kvType ?? 0, true);
-  dv.setInt32(52, c.parallelWork ?? 0, true);
-  return new Uint8Array(b);
 }
 
 /** Runs `call` on every library: each fails with the same message, which matches `want`. */
@@ -107,7 +52,7 @@ Deno.test({
   ignore: libs.length < 2,
   fn() {
     for (const [name, lib] of libs) assert.equal(lib.lethe_abi_version(), LETHE_ABI_VERSION, name);
-    const table: [Partial<Record<string, number>> | null, RegExp][] = [
+    const table: [Partial<LetheConfig> | null, RegExp][] = [
       [null, /^lethe_model_create: cfg is NULL$/],
       [{ dim: -1 }, /dimensions out of range/],
       [{ nLayers: 0 }, /dimensions out of range/],

@@ -39,7 +39,8 @@ const FORWARD_PARAMS = [
   "buffer",
 ] as const;
 
-const SYMBOLS = {
+/** The lethe.h functions (ABI 2) as Deno.dlopen symbols. */
+export const LETHE_SYMBOLS = {
   lethe_model_create: { parameters: ["buffer"], result: "pointer" },
   lethe_model_set_tensor: {
     parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64", "i64"],
@@ -70,7 +71,7 @@ const SYMBOLS = {
   lethe_abi_version: { parameters: [], result: "i32" },
 } as const;
 
-type LetheLib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+type LetheLib = Deno.DynamicLibrary<typeof LETHE_SYMBOLS>["symbols"];
 
 /** Tensor kinds of lethe.h. */
 const KIND = {
@@ -150,9 +151,9 @@ export function loadNativeLibrary(path: string): LetheLib {
   if (!Deno.env.get("OMP_WAIT_POLICY") && !Deno.env.get("GOMP_SPINCOUNT")) {
     Deno.env.set("GOMP_SPINCOUNT", "20000");
   }
-  let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  let lib: Deno.DynamicLibrary<typeof LETHE_SYMBOLS>;
   try {
-    lib = Deno.dlopen(path, SYMBOLS);
+    lib = Deno.dlopen(path, LETHE_SYMBOLS);
   } catch (e) {
     throw new Error(`cannot load native library ${path}: ${(e as Error).message}`);
   }
@@ -493,6 +494,40 @@ function checkF16KV(lib: LetheLib, model: Deno.PointerObject, kvDim: number, kin
   }
 }
 
+/** The fields of lethe.h's lethe_config, in its order. */
+export interface LetheConfig {
+  dim: number;
+  nLayers: number;
+  nHeads: number;
+  nKVHeads: number;
+  headDim: number;
+  ffnDim: number;
+  vocabSize: number;
+  normEps: number;
+  ropeTheta: number;
+  /** LETHE_ROPE_INTERLEAVED 0, LETHE_ROPE_HALF 1. */
+  ropeStyle: number;
+  maxThreads: number;
+  device: number;
+  /** LETHE_KV_F32 0, LETHE_KV_F16 1. */
+  kvType: number;
+  parallelWork: number;
+}
+
+/** lethe_config's bytes (14 × 4, little-endian int32 and float32 fields). */
+export function encodeConfig(c: LetheConfig): Uint8Array<ArrayBuffer> {
+  const b = new ArrayBuffer(56), dv = new DataView(b);
+  [c.dim, c.nLayers, c.nHeads, c.nKVHeads, c.headDim, c.ffnDim, c.vocabSize].forEach((v, i) =>
+    dv.setInt32(i * 4, v, true)
+  );
+  dv.setFloat32(28, c.normEps, true);
+  dv.setFloat32(32, c.ropeTheta, true);
+  [c.ropeStyle, c.maxThreads, c.device, c.kvType, c.parallelWork].forEach((v, i) =>
+    dv.setInt32(36 + i * 4, v, true)
+  );
+  return new Uint8Array(b);
+}
+
 /** Copies the model's weights into a lethe.h library and returns the backend. */
 export function openNativeBackend(
   config: ModelConfig,
@@ -516,18 +551,14 @@ export function openNativeBackend(
   if (!Number.isInteger(pw) || pw < 0 || pw > 0x7fffffff) {
     throw new Error(`${kind} backend: parallelWork must be an integer >= 0, got ${pw}`);
   }
-  const cfg = new ArrayBuffer(56); // lethe_config: 14 × 4 bytes
-  const dv = new DataView(cfg);
-  const ints = [c.dim, c.nLayers, c.nHeads, c.nKVHeads, c.headDim, c.ffnDim, c.vocabSize];
-  ints.forEach((v, i) => dv.setInt32(i * 4, v, true));
-  dv.setFloat32(28, c.normEps, true);
-  dv.setFloat32(32, c.ropeTheta, true);
-  dv.setInt32(36, c.ropeStyle === "half" ? 1 : 0, true);
-  dv.setInt32(40, opts.threads ?? 0, true);
-  dv.setInt32(44, opts.device ?? 0, true);
-  dv.setInt32(48, kvPrecision === "f16" ? 1 : 0, true); // kv_type: LETHE_KV_F32 / LETHE_KV_F16
-  dv.setInt32(52, pw, true); // parallel_work (0: the library's default)
-  const model = lib.lethe_model_create(new Uint8Array(cfg));
+  const model = lib.lethe_model_create(encodeConfig({
+    ...c,
+    ropeStyle: c.ropeStyle === "half" ? 1 : 0,
+    maxThreads: opts.threads ?? 0,
+    device: opts.device ?? 0,
+    kvType: kvPrecision === "f16" ? 1 : 0,
+    parallelWork: pw,
+  }));
   if (model === null) throw new Error(`${kind} model create: ${lastError(lib)}`);
   try {
     if (kvPrecision === "f16") checkF16KV(lib, model, c.nKVHeads * c.headDim, kind);
