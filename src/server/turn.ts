@@ -12,15 +12,16 @@
  *   snapshot fails its checksum, is malformed or was made by another model.
  * - plan: which prompt tokens to prefill, given that starting point and the request's input.
  * - running: the Sequence the scheduler drives (it holds this turn's cache and policy).
- * - commit / abort: the only places that free the cache and give the lease up. A turn whose lease was lost
- *   does not commit (the record's compare-and-set guards the store as well).
+ * - commit / abort: the only places that free the cache (one per turn, emptied for a rebuild) and give the
+ *   lease up. A turn whose lease was lost does not commit (the record's compare-and-set guards the store as
+ *   well).
  *
  * Determinism: a session turn resumes from the decoded stored snapshot, never from state kept in memory, so
  * it starts from exactly what a restore on another instance or after a restart gives.
  */
 import { Sequence, type SequenceOptions } from "../engine/sequence.ts";
 import type { Backend } from "../engine/backend.ts";
-import type { SequenceKV } from "../kv/cache.ts";
+import { HostKVCache, type SequenceKV } from "../kv/cache.ts";
 import type { KVPolicy } from "../kv/contract.ts";
 import { createPolicy, parsePolicySpec, PolicyParamError } from "../kv/registry.ts";
 import type { LoadedModel } from "../model/loader.ts";
@@ -83,7 +84,7 @@ const NEVER = new AbortController().signal;
 
 export class Turn {
   #state: TurnState = "open";
-  #kv: SequenceKV;
+  readonly #kv: SequenceKV;
   #policy: KVPolicy;
   /** History; tokens.slice(kv.nextPos) are pending. */
   #tokens: number[] = [];
@@ -175,10 +176,9 @@ export class Turn {
     }
   }
 
-  /** Start from an empty cache and a fresh policy that will prefill `tokens`. */
+  /** Start from an empty cache (the turn's own, emptied) and a fresh policy that will prefill `tokens`. */
   #rebuild(reason: string, tokens: number[], messages: ChatMessage[]): void {
-    this.#kv.free();
-    this.#kv = this.ctx.backend.createKV();
+    this.#kv.loadFrom(new HostKVCache(this.#kv.shape, 1));
     this.#policy = this.#newPolicy();
     this.#tokens = tokens;
     this.#messages = messages;
