@@ -249,6 +249,11 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     doc: "the test servers' log level; the models the tokenizer and loader tests read; the vocabulary " +
       "fixtures (default `../shared/fixtures/vocab`)",
   },
+  {
+    env: "LETHE_CONFORMANCE_REPORT",
+    where: "tests/support/conformance.ts",
+    doc: "set: the backend conformance suite prints each check's worst deviation as a share of its tolerance",
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------------------
