@@ -3,7 +3,8 @@
  *
  * `openNativeBackend(config, weights, { lib: "cpu" })` loads native/build/liblethe_cpu.so (build it with
  * `deno task build:native`); `{ lib: "cuda" }` loads liblethe_cuda.so; `{ path }` any library with the same
- * ABI. The library owns the weights (copied in at open) and the KV memory (`NativeKV`).
+ * ABI. The library owns the weights (copied in at open) and the KV memory (`NativeKV`, whose lengths and
+ * positions the shared host-side index mirrors); a step's prune plans go to lethe_forward with it.
  *
  * The dlopen'd library is never closed: with OpenMP worker threads alive, Deno crashes at exit if it is.
  */

@@ -1,9 +1,10 @@
 /**
  * The WebGPU backend: the llama forward pass as WGSL compute shaders (`shaders/*.wgsl`).
  *
- * Weights and every sequence's KV cache live in GPU buffers across steps. One `forward` call records all
- * layers of all sequences of the batch into one command encoder (one compute pass), submits once and reads
- * logits, attention scores and the new KV rows (for the host mirror) back with one mapAsync.
+ * Weights and every sequence's KV cache live in GPU buffers across steps. One `forward` call records the
+ * batch's prune plans (StepInput.compact: every compacted layer of every sequence, in place, from one keep
+ * buffer) and then all layers of all sequences into one command encoder (one compute pass), submits once and
+ * reads logits, attention scores and the new KV rows (for the host mirror) back with one mapAsync.
  *
  * Per layer: rmsnorm → fused q|k|v matmul (+bias) → rope → per sequence: KV append, attention logits with
  * causal masking by position, softmax, attention output, score sums → wo matmul (+residual) → rmsnorm →

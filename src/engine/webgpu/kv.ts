@@ -1,8 +1,10 @@
 /**
  * The KV cache of one sequence on the GPU: per layer a K, a V and a position buffer (rows 0..len-1 valid),
- * growing by doubling (with a GPU copy) and compacted on the GPU by a gather kernel.
+ * growing by doubling (with a GPU copy). Prune plans are applied in place by `kv_compact.wgsl` (one dispatch
+ * per compacted layer), recorded into the forward step that carries the plan (its one submit), or into one
+ * submit of their own by `compact()`.
  *
- * Positions (small) are mirrored on the host so `positions()` is synchronous. By default the K/V rows are
+ * Lengths and positions live in the shared host-side index (kv_index.ts) so `positions()` is synchronous. By default the K/V rows are
  * mirrored too (the backend reads the step's new rows back with the logits), so the contract's synchronous
  * `toHost()` works; with `hostMirror: false` use `toHostAsync()` (which always reads the GPU buffers).
  *
