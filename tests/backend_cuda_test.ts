@@ -9,7 +9,7 @@
  * printed), at the strict tolerances.
  */
 import assert from "node:assert/strict";
-import { ALL_WEIGHT_TYPES, Checker, conformance } from "./support/conformance.ts";
+import { Checker, conformance, EVERY_WEIGHT_CASE } from "./support/conformance.ts";
 import { emulatedCudaLibrary } from "./support/cuda_emu.ts";
 import { randomTokens, Rng, synthModel } from "./support/synthetic.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
@@ -178,9 +178,7 @@ conformance({
   steps: { decode: 64, types: 6, random: 200, short: 10 },
   golden: true,
   quantError: true,
-  weightTypes: ALL_WEIGHT_TYPES.flatMap((
-    type,
-  ) => [{ type, rope: "interleaved" as const }, { type, rope: "half" as const }]),
+  weightTypes: EVERY_WEIGHT_CASE,
 });
 
 Deno.test({

@@ -3,7 +3,7 @@
  * strict tolerances, plus what only this library has (its threading, its loading errors).
  */
 import assert from "node:assert/strict";
-import { agree, ALL_WEIGHT_TYPES, Checker, conformance } from "./support/conformance.ts";
+import { agree, Checker, conformance, EVERY_WEIGHT_CASE } from "./support/conformance.ts";
 import { randomTokens, Rng, synthModel } from "./support/synthetic.ts";
 import { buildNative, CPU_LIB } from "../native/build.ts";
 import { NativeBackend, NativeKV, openNativeBackend } from "../src/engine/native.ts";
@@ -30,9 +30,7 @@ conformance({
     // (measured); the bound the CPU library always had.
     f16LogitRel: 1e-3,
   },
-  weightTypes: ALL_WEIGHT_TYPES.flatMap((
-    type,
-  ) => [{ type, rope: "interleaved" as const }, { type, rope: "half" as const }]),
+  weightTypes: EVERY_WEIGHT_CASE,
 });
 
 Deno.test({

@@ -3,7 +3,7 @@
  * instance its agreement checks are exact, and the contract's invariants (compaction, snapshots and round
  * trips, f16 rounding, batching, errors) are checked on the reference like on every other backend.
  */
-import { ALL_WEIGHT_TYPES, conformance } from "./support/conformance.ts";
+import { conformance, EVERY_WEIGHT_CASE } from "./support/conformance.ts";
 import { createTsBackend } from "../src/engine/ts/backend.ts";
 
 conformance({
@@ -13,7 +13,5 @@ conformance({
   steps: { decode: 64, types: 6, random: 200, short: 10 },
   golden: true,
   quantError: true,
-  weightTypes: ALL_WEIGHT_TYPES.flatMap((
-    type,
-  ) => [{ type, rope: "interleaved" as const }, { type, rope: "half" as const }]),
+  weightTypes: EVERY_WEIGHT_CASE,
 });

@@ -495,25 +495,21 @@ function checkF16KV(lib: LetheLib, model: Deno.PointerObject, kvDim: number, kin
   }
 }
 
-/** The fields of lethe.h's lethe_config, in its order. */
-export interface LetheConfig {
-  dim: number;
-  nLayers: number;
-  nHeads: number;
-  nKVHeads: number;
-  headDim: number;
-  ffnDim: number;
-  vocabSize: number;
-  normEps: number;
-  ropeTheta: number;
-  /** LETHE_ROPE_INTERLEAVED 0, LETHE_ROPE_HALF 1. */
-  ropeStyle: number;
-  maxThreads: number;
-  device: number;
-  /** LETHE_KV_F32 0, LETHE_KV_F16 1. */
-  kvType: number;
-  parallelWork: number;
-}
+/** The fields of lethe.h's lethe_config: the model's dimensions, and the library's settings as numbers. */
+export type LetheConfig =
+  & Pick<
+    ModelConfig,
+    "dim" | "nLayers" | "nHeads" | "nKVHeads" | "headDim" | "ffnDim" | "vocabSize" | "normEps" | "ropeTheta"
+  >
+  & {
+    /** LETHE_ROPE_INTERLEAVED 0, LETHE_ROPE_HALF 1. */
+    ropeStyle: number;
+    maxThreads: number;
+    device: number;
+    /** LETHE_KV_F32 0, LETHE_KV_F16 1. */
+    kvType: number;
+    parallelWork: number;
+  };
 
 /** lethe_config's bytes (14 × 4, little-endian int32 and float32 fields). */
 export function encodeConfig(c: LetheConfig): Uint8Array<ArrayBuffer> {

@@ -31,16 +31,19 @@ function value(text: string): number | boolean | string {
   return text;
 }
 
+function json(s: string, what: string): unknown {
+  try {
+    return JSON.parse(s);
+  } catch (e) {
+    throw new PolicySpecSyntaxError(`${what} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
 /** Parse `name`, `name:k=v,…` or a JSON object into a PolicySpec; throws PolicySpecSyntaxError. */
 export function parsePolicyText(text: string): PolicySpec {
   const s = text.trim();
   if (s.startsWith("{")) {
-    let obj: unknown;
-    try {
-      obj = JSON.parse(s);
-    } catch (e) {
-      throw new PolicySpecSyntaxError(`KV policy spec is not valid JSON: ${(e as Error).message}`);
-    }
+    const obj = json(s, "KV policy spec");
     if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
       throw new PolicySpecSyntaxError(`KV policy spec must be a JSON object like {"name":"lethe"}`);
     }
@@ -84,12 +87,7 @@ export function formatPolicyText(spec: { name: string; [k: string]: unknown }): 
 export function parsePolicyList(text: string): PolicySpec[] {
   const s = text.trim();
   if (s.startsWith("[")) {
-    let arr: unknown;
-    try {
-      arr = JSON.parse(s);
-    } catch (e) {
-      throw new PolicySpecSyntaxError(`KV policy list is not valid JSON: ${(e as Error).message}`);
-    }
+    const arr = json(s, "KV policy list");
     if (!Array.isArray(arr) || arr.length === 0) {
       throw new PolicySpecSyntaxError("KV policy list must be a non-empty JSON array of spec objects");
     }

@@ -95,6 +95,11 @@ export interface Target {
 }
 
 export const ALL_WEIGHT_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0];
+/** Every weight type with both RoPE styles. */
+export const EVERY_WEIGHT_CASE = ALL_WEIGHT_TYPES.flatMap((type) => [
+  { type, rope: "interleaved" as const },
+  { type, rope: "half" as const },
+]);
 
 export const GOLDEN = resolve(REPO_ROOT, "..", "shared", "golden", "stories260K_greedy.json");
 
