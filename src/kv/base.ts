@@ -61,6 +61,8 @@ export abstract class BasePolicy implements KVPolicy {
 
   /** The plan being made in this step (null until a layer is pruned). */
   #plan: (Int32Array | null)[] | null = null;
+  /** Per layer the buffer its keep lists are written to (a plan is consumed before the next afterStep). */
+  #keep: Int32Array[] = [];
 
   afterStep(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, phase: Phase): PruneStep {
     const t0 = performance.now();
@@ -91,7 +93,12 @@ export abstract class BasePolicy implements KVPolicy {
   protected pruneLayer(kv: SequenceKV, layer: number, keep: Int32Array, events: PruneEvent[]): void {
     const before = kv.length(layer);
     if (keep.length === before) return;
-    const kept = keep.slice(); // selectors hand out views of buffers they reuse
+    // selectors hand out views of buffers they reuse: the plan gets the layer's own copy
+    if (!this.#keep[layer] || this.#keep[layer].length < keep.length) {
+      this.#keep[layer] = new Int32Array(Math.max(16, 2 * keep.length));
+    }
+    const kept = this.#keep[layer].subarray(0, keep.length);
+    kept.set(keep);
     for (const a of this.rowAligned()) a.compact(layer, kept);
     (this.#plan ??= new Array(this.nLayers).fill(null))[layer] = kept;
     this.stats.evicted += before - kept.length;

@@ -26,7 +26,8 @@ export interface PruneStep {
   /**
    * Which rows each layer keeps (null: nothing pruned). The policy's own state already follows it; the cache
    * does once the plan is applied — by the backend at the start of the sequence's next step
-   * (`StepInput.compact`), or by `SequenceKV.compact` when no step follows.
+   * (`StepInput.compact`), or by `SequenceKV.compact` when no step follows. Valid until the policy's next
+   * afterStep (its keep lists live in buffers the policy reuses).
    */
   plan: PrunePlan | null;
   pruneEvents: PruneEvent[];
