@@ -189,11 +189,13 @@ Deno.test("quantize -> dequantize error bounds", () => {
 });
 
 Deno.test("dequantize: unsupported type and short buffers are clear errors", () => {
-  assert.throws(() => dequantize(GGMLType.Q4_K, new Uint8Array(144), 256), (e) => {
+  assert.throws(() => dequantize(GGMLType.I32, new Uint8Array(16), 4), (e) => {
     assert.ok(e instanceof ModelFormatError);
-    assert.match(e.message, /Q4_K is not supported/);
+    assert.match(e.message, /I32 is not supported \(supported: F32, F16, Q4_0, .*Q4_K.*IQ4_XS, BF16\)/);
     return true;
   });
+  assert.throws(() => dequantize(GGMLType.Q4_K, new Uint8Array(143), 256), /need 144 bytes, got 143/);
+  assert.throws(() => dequantize(GGMLType.Q6_K, new Uint8Array(210), 32), /multiple of 256/);
   assert.throws(() => dequantize(GGMLType.Q8_0, new Uint8Array(33), 32), /need 34 bytes, got 33/);
 });
 

@@ -249,6 +249,11 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     doc: "the test servers' log level; the models the tokenizer and loader tests read; the vocabulary " +
       "fixtures (default `../shared/fixtures/vocab`)",
   },
+  {
+    env: "LETHE_FIXTURES_DIR",
+    where: "tests/",
+    doc: "the reference fixtures the tests compare with, e.g. `kquant/` (default `../shared/fixtures`)",
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+/**
+ * Float helpers shared by the block codecs: IEEE half / bfloat16 conversions (bit-exact with ggml's) and the
+ * float32 rounding primitives of ggml's C quantizers. JavaScript computes in float64; `Math.fround` after
+ * every +, −, ×, ÷ and sqrt reproduces C float arithmetic exactly (one IEEE operation rounded to float64 and
+ * then to float32 equals the operation rounded to float32), which is what byte-identical quantization needs.
+ */
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** IEEE binary16 bits -> number (exact; subnormals, ±inf, NaN, -0 preserved). */
+export function f16ToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 5.960464477539063e-8; // 2^-24
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+/** number -> IEEE binary16 bits, rounding to nearest even via float32 (as ggml's FP32_TO_FP16). */
+export function f32ToF16(x: number): number {
+  f32Scratch[0] = x;
+  const b = u32Scratch[0];
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) return mant ? sign | 0x7e00 | (mant >>> 13) : sign | 0x7c00;
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    const m = mant | 0x800000;
+    const shift = 14 - e;
+    let half = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (half & 1))) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++;
+  return sign | half;
+}
+
+/** bfloat16 bits -> number. */
+export function bf16ToF32(h: number): number {
+  u32Scratch[0] = (h & 0xffff) << 16;
+  return f32Scratch[0];
+}
+
+/** number -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN), as ggml's fp32_to_bf16. */
+export function f32ToBF16(x: number): number {
+  f32Scratch[0] = x;
+  const b = u32Scratch[0];
+  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+let f16Table: Float32Array | undefined;
+/** All 65536 half values as float32 (ggml's table_f32_f16). */
+export function f16Lut(): Float32Array {
+  if (!f16Table) {
+    f16Table = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) f16Table[i] = f16ToF32(i);
+  }
+  return f16Table;
+}
+
+/** The half at bytes[o], bytes[o+1] (little-endian) as a number. */
+export function readF16(lut: Float32Array, bytes: Uint8Array, o: number): number {
+  return lut[bytes[o] | (bytes[o + 1] << 8)];
+}
+
+/** Store `x` rounded to half at bytes[o] (little-endian); returns the stored value as a number. */
+export function writeF16(bytes: Uint8Array, o: number, x: number): number {
+  const h = f32ToF16(x);
+  bytes[o] = h & 0xff;
+  bytes[o + 1] = h >>> 8;
+  return f16Lut()[h];
+}
+
+/** C `roundf`: round half away from zero. */
+export function roundf(x: number): number {
+  return x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5);
+}
+
+/**
+ * ggml's nearest_int: adds 1.5·2^23 in float32 so the float rounding (to nearest, ties to even) picks the
+ * integer. Valid for |x| ≤ 4194303, as in ggml (which asserts it).
+ */
+export function nearestInt(x: number): number {
+  return Math.fround(x + 12582912) - 12582912;
+}
+
+/** ggml's GROUP_MAX_EPS (1e-15f): groups whose largest magnitude is below it quantize to zero. */
+export const GROUP_MAX_EPS = Math.fround(1e-15);

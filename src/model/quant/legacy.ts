@@ -1,0 +1,228 @@
+/**
+ * ggml's 32-element block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (weights) and Q8_1 (activations of the Q4_1 /
+ * Q5_1 dot products). Dequantization as ggml-quants.c dequantize_row_*, quantization as quantize_row_*_ref
+ * (what llama-quantize runs without an importance matrix), bit for bit.
+ *
+ * Layouts (bytes): Q4_0 d·qs[16] (18); Q4_1 d·m·qs[16] (20); Q5_0 d·qh[4]·qs[16] (22); Q5_1 d·m·qh[4]·qs[16]
+ * (24); Q8_0 d·qs[32] (34); Q8_1 d·s·qs[32] (36). d, m, s are halves; nibble j of qs is element j (low) and
+ * j+16 (high); qh holds the 5th bits, bit j for element j.
+ */
+import { f16Lut, readF16, roundf, writeF16 } from "./float.ts";
+
+const fr = Math.fround;
+
+export function dequantQ4_0(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 18, y = b * 32;
+    const d = readF16(lut, src, o);
+    for (let j = 0; j < 16; j++) {
+      const q = src[o + 2 + j];
+      dst[y + j] = ((q & 0x0f) - 8) * d;
+      dst[y + j + 16] = ((q >>> 4) - 8) * d;
+    }
+  }
+}
+
+export function dequantQ4_1(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 20, y = b * 32;
+    const d = readF16(lut, src, o), m = readF16(lut, src, o + 2);
+    for (let j = 0; j < 16; j++) {
+      const q = src[o + 4 + j];
+      dst[y + j] = (q & 0x0f) * d + m;
+      dst[y + j + 16] = (q >>> 4) * d + m;
+    }
+  }
+}
+
+export function dequantQ5_0(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 22, y = b * 32;
+    const d = readF16(lut, src, o);
+    const qh = (src[o + 2] | (src[o + 3] << 8) | (src[o + 4] << 16) | (src[o + 5] << 24)) >>> 0;
+    for (let j = 0; j < 16; j++) {
+      const q = src[o + 6 + j];
+      const h0 = ((qh >>> j) << 4) & 0x10;
+      const h1 = (qh >>> (j + 12)) & 0x10;
+      dst[y + j] = (((q & 0x0f) | h0) - 16) * d;
+      dst[y + j + 16] = (((q >>> 4) | h1) - 16) * d;
+    }
+  }
+}
+
+export function dequantQ5_1(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 24, y = b * 32;
+    const d = readF16(lut, src, o), m = readF16(lut, src, o + 2);
+    const qh = (src[o + 4] | (src[o + 5] << 8) | (src[o + 6] << 16) | (src[o + 7] << 24)) >>> 0;
+    for (let j = 0; j < 16; j++) {
+      const q = src[o + 8 + j];
+      const h0 = ((qh >>> j) << 4) & 0x10;
+      const h1 = (qh >>> (j + 12)) & 0x10;
+      dst[y + j] = ((q & 0x0f) | h0) * d + m;
+      dst[y + j + 16] = ((q >>> 4) | h1) * d + m;
+    }
+  }
+}
+
+export function dequantQ8_0(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 34, y = b * 32;
+    const d = readF16(lut, src, o);
+    for (let j = 0; j < 32; j++) dst[y + j] = ((src[o + 2 + j] << 24) >> 24) * d;
+  }
+}
+
+export function dequantQ8_1(src: Uint8Array, dst: Float32Array, nb: number): void {
+  const lut = f16Lut();
+  for (let b = 0; b < nb; b++) {
+    const o = b * 36, y = b * 32;
+    const d = readF16(lut, src, o);
+    for (let j = 0; j < 32; j++) dst[y + j] = ((src[o + 4 + j] << 24) >> 24) * d;
+  }
+}
+
+/** Index and value of the element of largest magnitude in x[base, base+32) (first one on ties). */
+function signedMax(x: Float32Array, base: number): number {
+  let amax = 0, max = 0;
+  for (let j = 0; j < 32; j++) {
+    const v = x[base + j];
+    if (amax < Math.abs(v)) {
+      amax = Math.abs(v);
+      max = v;
+    }
+  }
+  return max;
+}
+
+/** quantize_row_q4_0_ref: d = max/-8 (max = signed value of largest magnitude), q = min(15, trunc(x/d + 8.5)). */
+export function quantQ4_0(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 18;
+    const d = fr(signedMax(x, base) / -8);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    for (let j = 0; j < 16; j++) {
+      const q0 = Math.min(15, Math.trunc(fr(fr(x[base + j] * id) + 8.5)));
+      const q1 = Math.min(15, Math.trunc(fr(fr(x[base + 16 + j] * id) + 8.5)));
+      out[o + 2 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+    }
+  }
+}
+
+/** min and max of x[base, base+32). */
+function minMax(x: Float32Array, base: number): [number, number] {
+  let min = Infinity, max = -Infinity; // C: FLT_MAX / -FLT_MAX (same result for finite data)
+  for (let j = 0; j < 32; j++) {
+    const v = x[base + j];
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  return [min, max];
+}
+
+/** quantize_row_q4_1_ref: d = (max-min)/15, m = min, q = min(15, trunc((x-min)/d + 0.5)). */
+export function quantQ4_1(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 20;
+    const [min, max] = minMax(x, base);
+    const d = fr(fr(max - min) / 15);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    writeF16(out, o + 2, min);
+    for (let j = 0; j < 16; j++) {
+      const q0 = Math.min(15, Math.trunc(fr(fr(fr(x[base + j] - min) * id) + 0.5)));
+      const q1 = Math.min(15, Math.trunc(fr(fr(fr(x[base + 16 + j] - min) * id) + 0.5)));
+      out[o + 4 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+    }
+  }
+}
+
+/** quantize_row_q5_0_ref: d = max/-16, q = min(31, trunc(x/d + 16.5)). */
+export function quantQ5_0(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 22;
+    const d = fr(signedMax(x, base) / -16);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    let qh = 0;
+    for (let j = 0; j < 16; j++) {
+      const q0 = Math.min(31, Math.trunc(fr(fr(x[base + j] * id) + 16.5)));
+      const q1 = Math.min(31, Math.trunc(fr(fr(x[base + 16 + j] * id) + 16.5)));
+      out[o + 6 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+      qh |= ((q0 & 0x10) >>> 4) << j;
+      qh |= ((q1 & 0x10) >>> 4) << (j + 16);
+    }
+    out[o + 2] = qh & 0xff;
+    out[o + 3] = (qh >>> 8) & 0xff;
+    out[o + 4] = (qh >>> 16) & 0xff;
+    out[o + 5] = (qh >>> 24) & 0xff;
+  }
+}
+
+/** quantize_row_q5_1_ref: d = (max-min)/31, m = min, q = trunc((x-min)/d + 0.5). */
+export function quantQ5_1(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 24;
+    const [min, max] = minMax(x, base);
+    const d = fr(fr(max - min) / 31);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    writeF16(out, o + 2, min);
+    let qh = 0;
+    for (let j = 0; j < 16; j++) {
+      const q0 = Math.trunc(fr(fr(fr(x[base + j] - min) * id) + 0.5)) & 0xff;
+      const q1 = Math.trunc(fr(fr(fr(x[base + 16 + j] - min) * id) + 0.5)) & 0xff;
+      out[o + 8 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+      qh |= ((q0 & 0x10) >>> 4) << j;
+      qh |= ((q1 & 0x10) >>> 4) << (j + 16);
+    }
+    out[o + 4] = qh & 0xff;
+    out[o + 5] = (qh >>> 8) & 0xff;
+    out[o + 6] = (qh >>> 16) & 0xff;
+    out[o + 7] = (qh >>> 24) & 0xff;
+  }
+}
+
+/** quantize_row_q8_0_ref: d = amax/127, q = roundf(x/d). */
+export function quantQ8_0(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 34;
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[base + j]));
+    const d = fr(amax / 127);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    for (let j = 0; j < 32; j++) out[o + 2 + j] = roundf(fr(x[base + j] * id)) & 0xff;
+  }
+}
+
+/** quantize_row_q8_1_ref: as Q8_0, plus s = (Σq)·d. */
+export function quantQ8_1(x: Float32Array, out: Uint8Array): void {
+  const nb = x.length / 32;
+  for (let b = 0; b < nb; b++) {
+    const base = b * 32, o = b * 36;
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[base + j]));
+    const d = fr(amax / 127);
+    const id = d ? fr(1 / d) : 0;
+    writeF16(out, o, d);
+    let sum = 0;
+    for (let j = 0; j < 32; j++) {
+      const q = roundf(fr(x[base + j] * id));
+      out[o + 4 + j] = q & 0xff;
+      sum += q;
+    }
+    writeF16(out, o + 2, fr(sum * d));
+  }
+}
