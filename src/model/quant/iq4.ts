@@ -66,16 +66,21 @@ export function dequantIQ4_XS(src: Uint8Array, dst: Float32Array, nb: number): v
   }
 }
 
-/** best_index_int8: the table entry nearest to x (binary search; ties go up). */
+/** For each integer k in [-127, 112]: the last table index whose value is ≤ k. */
+const BRACKET = new Uint8Array(240).map((_, i) => {
+  let j = 0;
+  while (j < 15 && KV[j + 1] <= i - 127) j++;
+  return j;
+});
+
+/**
+ * best_index_int8: the table entry nearest to x (ties go up). ggml binary-searches for the bracket
+ * KV[ml] ≤ x < KV[ml+1]; the values are integers, so ⌊x⌋ finds the same bracket in a table.
+ */
 function bestIndex(x: number): number {
   if (x <= KV[0]) return 0;
   if (x >= KV[15]) return 15;
-  let ml = 0, mu = 15;
-  while (mu - ml > 1) {
-    const mav = (ml + mu) >> 1;
-    if (x < KV[mav]) mu = mav;
-    else ml = mav;
-  }
+  const mu = BRACKET[Math.floor(x) + 127] + 1;
   return fr(x - KV[mu - 1]) < fr(KV[mu] - x) ? mu - 1 : mu;
 }
 

@@ -72,13 +72,14 @@ export function dequantQ3_K(src: Uint8Array, dst: Float32Array, nb: number): voi
   }
 }
 
-/** ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j from the 12 packed bytes at `s`. */
-function scaleMinK4(j: number, q: Uint8Array, s: number): [number, number] {
-  if (j < 4) return [q[s + j] & 63, q[s + j + 4] & 63];
-  return [
-    (q[s + j + 4] & 0xf) | ((q[s + j - 4] >>> 6) << 4),
-    (q[s + j + 4] >>> 4) | ((q[s + j] >>> 6) << 4),
-  ];
+/** ggml's get_scale_min_k4: the 6-bit scale of sub-block j from the 12 packed bytes at `s`. */
+function scaleK4(j: number, q: Uint8Array, s: number): number {
+  return j < 4 ? q[s + j] & 63 : (q[s + j + 4] & 0xf) | ((q[s + j - 4] >>> 6) << 4);
+}
+
+/** … and its 6-bit min. */
+function minK4(j: number, q: Uint8Array, s: number): number {
+  return j < 4 ? q[s + j + 4] & 63 : (q[s + j + 4] >>> 4) | ((q[s + j] >>> 6) << 4);
 }
 
 export function dequantQ4_K(src: Uint8Array, dst: Float32Array, nb: number): void {
@@ -88,9 +89,8 @@ export function dequantQ4_K(src: Uint8Array, dst: Float32Array, nb: number): voi
     const d = readF16(lut, src, o), min = readF16(lut, src, o + 2);
     let y = b * QK_K, q = o + 16;
     for (let is = 0; is < 8; is += 2) {
-      const [sc1, m1] = scaleMinK4(is, src, o + 4);
-      const [sc2, m2] = scaleMinK4(is + 1, src, o + 4);
-      const d1 = fr(d * sc1), mm1 = fr(min * m1), d2 = fr(d * sc2), mm2 = fr(min * m2);
+      const d1 = fr(d * scaleK4(is, src, o + 4)), mm1 = fr(min * minK4(is, src, o + 4));
+      const d2 = fr(d * scaleK4(is + 1, src, o + 4)), mm2 = fr(min * minK4(is + 1, src, o + 4));
       for (let l = 0; l < 32; l++) dst[y++] = d1 * (src[q + l] & 0xf) - mm1;
       for (let l = 0; l < 32; l++) dst[y++] = d2 * (src[q + l] >>> 4) - mm2;
       q += 32;
@@ -106,9 +106,8 @@ export function dequantQ5_K(src: Uint8Array, dst: Float32Array, nb: number): voi
     const qh = o + 16;
     let y = b * QK_K, ql = o + 48, u1 = 1, u2 = 2;
     for (let is = 0; is < 8; is += 2) {
-      const [sc1, m1] = scaleMinK4(is, src, o + 4);
-      const [sc2, m2] = scaleMinK4(is + 1, src, o + 4);
-      const d1 = fr(d * sc1), mm1 = fr(min * m1), d2 = fr(d * sc2), mm2 = fr(min * m2);
+      const d1 = fr(d * scaleK4(is, src, o + 4)), mm1 = fr(min * minK4(is, src, o + 4));
+      const d2 = fr(d * scaleK4(is + 1, src, o + 4)), mm2 = fr(min * minK4(is + 1, src, o + 4));
       for (let l = 0; l < 32; l++) dst[y++] = d1 * ((src[ql + l] & 0xf) + (src[qh + l] & u1 ? 16 : 0)) - mm1;
       for (let l = 0; l < 32; l++) dst[y++] = d2 * ((src[ql + l] >>> 4) + (src[qh + l] & u2 ? 16 : 0)) - mm2;
       ql += 32;
@@ -120,23 +119,21 @@ export function dequantQ5_K(src: Uint8Array, dst: Float32Array, nb: number): voi
 
 export function dequantQ6_K(src: Uint8Array, dst: Float32Array, nb: number): void {
   const lut = f16Lut();
+  const dsc = new Float64Array(16);
   for (let b = 0; b < nb; b++) {
     const o = b * 210;
     const d = readF16(lut, src, o + 208);
-    let y = b * QK_K, ql = o, qh = o + 128, sc = o + 192;
+    // d·scale is exact in float32, so one rounding of (d·scale)·q matches ggml's
+    for (let k = 0; k < 16; k++) dsc[k] = d * ((src[o + 192 + k] << 24) >> 24);
+    let y = b * QK_K, ql = o, qh = o + 128, sc = 0;
     for (let n = 0; n < QK_K; n += 128) {
       for (let l = 0; l < 32; l++) {
-        const is = l >> 4;
-        const h = src[qh + l];
-        const q1 = ((src[ql + l] & 0xf) | ((h & 3) << 4)) - 32;
-        const q2 = ((src[ql + l + 32] & 0xf) | (((h >>> 2) & 3) << 4)) - 32;
-        const q3 = ((src[ql + l] >>> 4) | (((h >>> 4) & 3) << 4)) - 32;
-        const q4 = ((src[ql + l + 32] >>> 4) | (((h >>> 6) & 3) << 4)) - 32;
-        // d·scale is exact in float32, so one rounding of the triple product matches ggml's two
-        dst[y + l] = d * ((src[sc + is] << 24) >> 24) * q1;
-        dst[y + l + 32] = d * ((src[sc + is + 2] << 24) >> 24) * q2;
-        dst[y + l + 64] = d * ((src[sc + is + 4] << 24) >> 24) * q3;
-        dst[y + l + 96] = d * ((src[sc + is + 6] << 24) >> 24) * q4;
+        const is = sc + (l >> 4);
+        const h = src[qh + l], a = src[ql + l], c = src[ql + l + 32];
+        dst[y + l] = dsc[is] * (((a & 0xf) | ((h & 3) << 4)) - 32);
+        dst[y + l + 32] = dsc[is + 2] * (((c & 0xf) | (((h >>> 2) & 3) << 4)) - 32);
+        dst[y + l + 64] = dsc[is + 4] * (((a >>> 4) | (((h >>> 4) & 3) << 4)) - 32);
+        dst[y + l + 96] = dsc[is + 6] * (((c >>> 4) | (((h >>> 6) & 3) << 4)) - 32);
       }
       y += 128;
       ql += 64;
@@ -157,6 +154,8 @@ export function dequantQ8_K(src: Uint8Array, dst: Float32Array, nb: number): voi
 
 // ---------------------------------------------------------------------------------------------------------
 // Quantization helpers (ggml-quants.c, without importance weights)
+
+const qx = { w: new Float32Array(16), wx: new Float32Array(16) };
 
 /**
  * make_qx_quants with rmse_type 1 and no weights (w = x²): symmetric levels -nmax..nmax-1 for x[xo, xo+n),
@@ -182,15 +181,21 @@ function makeQxQuants(
     L.fill(0, lo, lo + n);
     return 0;
   }
+  // w = x² and w·x are the same for every candidate scale
+  const { w, wx } = qx;
+  for (let i = 0; i < n; i++) {
+    const xi = x[xo + i];
+    w[i] = fr(xi * xi);
+    wx[i] = fr(w[i] * xi);
+  }
   let iscale = fr(-nmax / max);
   let sumlx = 0, suml2 = 0;
   for (let i = 0; i < n; i++) {
-    const xi = x[xo + i];
-    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(fr(iscale * xi))));
+    let l = nearestInt(fr(iscale * x[xo + i]));
+    l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
     L[lo + i] = l + nmax;
-    const w = fr(xi * xi);
-    sumlx = fr(sumlx + fr(fr(w * xi) * l));
-    suml2 = fr(suml2 + fr(fr(w * l) * l));
+    sumlx = fr(sumlx + fr(wx[i] * l));
+    suml2 = fr(suml2 + fr(fr(w[i] * l) * l));
   }
   let scale = suml2 ? fr(sumlx / suml2) : 0;
   let best = fr(scale * sumlx);
@@ -199,16 +204,15 @@ function makeQxQuants(
     iscale = fr(-fr(nmax + fr(fr(0.1) * is)) / max);
     sumlx = suml2 = 0;
     for (let i = 0; i < n; i++) {
-      const xi = x[xo + i];
-      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(fr(iscale * xi))));
-      const w = fr(xi * xi);
-      sumlx = fr(sumlx + fr(fr(w * xi) * l));
-      suml2 = fr(suml2 + fr(fr(w * l) * l));
+      let l = nearestInt(fr(iscale * x[xo + i]));
+      l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+      sumlx = fr(sumlx + fr(wx[i] * l));
+      suml2 = fr(suml2 + fr(fr(w[i] * l) * l));
     }
     if (suml2 > 0 && fr(sumlx * sumlx) > fr(best * suml2)) {
       for (let i = 0; i < n; i++) {
         const l = nearestInt(fr(iscale * x[xo + i]));
-        L[lo + i] = nmax + Math.max(-nmax, Math.min(nmax - 1, l));
+        L[lo + i] = nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l);
       }
       scale = fr(sumlx / suml2);
       best = fr(scale * sumlx);
@@ -278,10 +282,16 @@ function makeQ3Quants(
   return suml2 > 0 ? fr(sumlx / suml2) : 0;
 }
 
+/** Scratch of makeQkx2Quants: x − min as float32, the last evaluated levels, and the returned min. */
+const kx = { xm: new Float32Array(32), prev: new Uint8Array(32), min: 0 };
+
 /**
- * make_qkx2_quants: asymmetric levels 0..nmax with a min ≤ 0 for x[xo, xo+n) and per-element weights; tries
- * nstep+1 scales (rmin + rdelta·is + nmax)/(max − min) and keeps the weighted least-squares (scale, min) with
- * the smallest error (absolute when useMad). Returns [scale, -min]; levels go to L[lo…].
+ * make_qkx2_quants: asymmetric levels 0..nmax with a min ≤ 0 for x[xo, xo+n) and per-element weights (≥ 0);
+ * tries nstep+1 scales (rmin + rdelta·is + nmax)/(max − min) and keeps the weighted least-squares (scale,
+ * min) with the smallest error (absolute when useMad). Returns the scale and leaves −min in `kx.min`; levels
+ * go to L[lo…]. Two exact shortcuts keep ggml's results: a candidate whose levels (and min) equal the last
+ * evaluated one's is skipped (same sums, same error), and an error sum stops once it reaches the best (its
+ * terms are ≥ 0, so float addition never brings it back below).
  */
 function makeQkx2Quants(
   n: number,
@@ -296,7 +306,8 @@ function makeQkx2Quants(
   rdelta: number,
   nstep: number,
   useMad: boolean,
-): [number, number] {
+): number {
+  const { xm, prev } = kx;
   let min = x[xo], max = x[xo];
   let sumW = weights[0];
   let sumX = fr(sumW * x[xo]);
@@ -311,55 +322,72 @@ function makeQkx2Quants(
   if (min > 0) min = 0;
   if (max === min) {
     L.fill(0, lo, lo + n);
-    return [0, -min];
+    kx.min = -min;
+    return 0;
   }
+  for (let i = 0; i < n; i++) xm[i] = x[xo + i] - min;
   let iscale = fr(nmax / fr(max - min));
   let scale = fr(1 / iscale);
   let bestErr = 0;
   for (let i = 0; i < n; i++) {
-    const xi = x[xo + i];
-    const l = Math.max(0, Math.min(nmax, nearestInt(fr(iscale * fr(xi - min)))));
+    let l = nearestInt(fr(iscale * xm[i]));
+    l = l < 0 ? 0 : l > nmax ? nmax : l;
     L[lo + i] = l;
-    let diff = fr(fr(fr(scale * l) + min) - xi);
+    let diff = fr(fr(fr(scale * l) + min) - x[xo + i]);
     diff = useMad ? Math.abs(diff) : fr(diff * diff);
     bestErr = fr(bestErr + fr(weights[i] * diff));
   }
-  if (nstep < 1) return [scale, -min];
+  if (nstep < 1) {
+    kx.min = -min;
+    return scale;
+  }
+  let prevMin = NaN; // the min of the levels in `prev` (none yet)
   for (let is = 0; is <= nstep; is++) {
     iscale = fr(fr(fr(rmin + fr(rdelta * is)) + nmax) / fr(max - min)); // min moves with the best fit
+    let same = min === prevMin;
+    for (let i = 0; i < n; i++) {
+      let l = nearestInt(fr(iscale * xm[i]));
+      l = l < 0 ? 0 : l > nmax ? nmax : l;
+      if (l !== prev[i]) same = false;
+      Laux[i] = l;
+    }
+    if (same) continue;
+    prevMin = min;
+    prev.set(Laux.subarray(0, n));
     let sumL = 0, sumL2 = 0, sumXL = 0;
     for (let i = 0; i < n; i++) {
-      const xi = x[xo + i];
-      const l = Math.max(0, Math.min(nmax, nearestInt(fr(iscale * fr(xi - min)))));
-      Laux[i] = l;
+      const l = Laux[i];
       const wl = fr(weights[i] * l);
       sumL = fr(sumL + wl);
       sumL2 = fr(sumL2 + fr(wl * l));
-      sumXL = fr(sumXL + fr(wl * xi));
+      sumXL = fr(sumXL + fr(wl * x[xo + i]));
     }
     const D = fr(fr(sumW * sumL2) - fr(sumL * sumL));
-    if (D > 0) {
-      let thisScale = fr(fr(fr(sumW * sumXL) - fr(sumX * sumL)) / D);
-      let thisMin = fr(fr(fr(sumL2 * sumX) - fr(sumL * sumXL)) / D);
-      if (thisMin > 0) {
-        thisMin = 0;
-        thisScale = fr(sumXL / sumL2);
-      }
-      let err = 0;
-      for (let i = 0; i < n; i++) {
-        let diff = fr(fr(fr(thisScale * Laux[i]) + thisMin) - x[xo + i]);
-        diff = useMad ? Math.abs(diff) : fr(diff * diff);
-        err = fr(err + fr(weights[i] * diff));
-      }
-      if (err < bestErr) {
-        for (let i = 0; i < n; i++) L[lo + i] = Laux[i];
-        bestErr = err;
-        scale = thisScale;
+    if (!(D > 0)) continue;
+    let thisScale = fr(fr(fr(sumW * sumXL) - fr(sumX * sumL)) / D);
+    let thisMin = fr(fr(fr(sumL2 * sumX) - fr(sumL * sumXL)) / D);
+    if (thisMin > 0) {
+      thisMin = 0;
+      thisScale = fr(sumXL / sumL2);
+    }
+    let err = 0;
+    for (let i = 0; i < n && err < bestErr; i++) {
+      let diff = fr(fr(fr(thisScale * Laux[i]) + thisMin) - x[xo + i]);
+      diff = useMad ? Math.abs(diff) : fr(diff * diff);
+      err = fr(err + fr(weights[i] * diff));
+    }
+    if (err < bestErr) {
+      for (let i = 0; i < n; i++) L[lo + i] = Laux[i];
+      bestErr = err;
+      scale = thisScale;
+      if (thisMin !== min) {
         min = thisMin;
+        for (let i = 0; i < n; i++) xm[i] = x[xo + i] - min;
       }
     }
   }
-  return [scale, -min];
+  kx.min = -min;
+  return scale;
 }
 
 /** Pack 2-bit levels L (256, one byte each) into qs at `q` the way Q2_K/Q3_K store them. */
@@ -384,7 +412,8 @@ export function quantQ2_K(x: Float32Array, out: Uint8Array): void {
     let maxScale = 0, maxMin = 0;
     for (let j = 0; j < 16; j++) {
       for (let l = 0; l < 16; l++) weights[l] = Math.abs(x[xb + 16 * j + l]);
-      const [s, m] = makeQkx2Quants(16, 3, x, xb + 16 * j, weights, L, 16 * j, Laux, -0.5, fr(0.1), 15, true);
+      const s = makeQkx2Quants(16, 3, x, xb + 16 * j, weights, L, 16 * j, Laux, -0.5, fr(0.1), 15, true);
+      const m = kx.min;
       scales[j] = s;
       mins[j] = m;
       if (s > maxScale) maxScale = s;
@@ -509,7 +538,8 @@ function quantScaleMinBlock(
     for (let l = 0; l < 32; l++) sumX2 = fr(sumX2 + fr(x[xo + l] * x[xo + l]));
     const avX = fr(Math.sqrt(fr(sumX2 / 32)));
     for (let l = 0; l < 32; l++) weights[l] = fr(avX + Math.abs(x[xo + l]));
-    const [s, m] = makeQkx2Quants(32, nmax, x, xo, weights, L, 32 * j, Laux, rmin, fr(0.1), nstep, false);
+    const s = makeQkx2Quants(32, nmax, x, xo, weights, L, 32 * j, Laux, rmin, fr(0.1), nstep, false);
+    const m = kx.min;
     scales[j] = s;
     mins[j] = m;
     if (s > maxScale) maxScale = s;
@@ -526,10 +556,9 @@ function quantScaleMinBlock(
   const d = writeF16(out, o, fr(maxScale / 63));
   const dmin = writeF16(out, o + 2, fr(maxMin / 63));
   for (let j = 0; j < 8; j++) {
-    const [sc, m] = scaleMinK4(j, out, o + 4);
-    const dj = fr(d * sc);
+    const dj = fr(d * scaleK4(j, out, o + 4));
     if (!dj) continue;
-    const dm = fr(dmin * m);
+    const dm = fr(dmin * minK4(j, out, o + 4));
     for (let ii = 0; ii < 32; ii++) {
       const l = nearestInt(fr(fr(x[xb + 32 * j + ii] + dm) / dj));
       L[32 * j + ii] = Math.max(0, Math.min(nmax, l));
