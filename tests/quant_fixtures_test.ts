@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { resolve } from "node:path";
-import { readGGUFFile, tensorBytes } from "../src/model/gguf.ts";
+import { parseGGUF, readGGUFFile, tensorBytes } from "../src/model/gguf.ts";
+import { ModelFormatError } from "../src/model/errors.ts";
 import { dequantize, ggmlTypeName } from "../src/model/ggml.ts";
 import { KQUANT_DIR, kquantFiles, readDequantRef, sampleIndices } from "./support/fixtures.ts";
 
@@ -61,3 +62,21 @@ for (const file of FILES) {
     assert.ok(types.size >= 2, `${file}: quantized and F32 tensors`);
   });
 }
+
+Deno.test("kquant fixtures: tensor byte sizes tile llama.cpp's data sections; a byte short is a clean error", async () => {
+  for (const file of [...FILES, "kq-llama-f32.gguf"]) {
+    const gguf = await readGGUFFile(resolve(KQUANT_DIR, file));
+    const sorted = gguf.tensors.slice().sort((a, b) => a.offset - b.offset);
+    let end = 0;
+    for (const t of sorted) {
+      assert.equal(t.offset, Math.ceil(end / gguf.alignment) * gguf.alignment, `${file} ${t.name}: offset`);
+      end = t.offset + t.nBytes;
+    }
+    assert.equal(gguf.dataOffset + end, gguf.bytes.byteLength, `${file}: the last tensor ends the file`);
+    assert.throws(() => parseGGUF(gguf.bytes.subarray(0, gguf.bytes.byteLength - 1)), (e) => {
+      assert.ok(e instanceof ModelFormatError);
+      assert.match(e.message, /is beyond the end of the file/);
+      return true;
+    });
+  }
+});

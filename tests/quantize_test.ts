@@ -9,6 +9,8 @@ import {
   f16ToF32,
   f32ToBF16,
   f32ToF16,
+  GGML_TYPES,
+  ggmlTypeName,
   quantize,
   quantizeQ4_0,
   quantizeQ8_0,
@@ -186,6 +188,59 @@ Deno.test("quantize -> dequantize error bounds", () => {
   }
   const rms = (a: Float32Array) => Math.sqrt(a.reduce((acc, v, i) => acc + (v - x[i]) ** 2, 0) / n);
   assert.ok(rms(q8) < rms(q4) / 8, `q8 rms ${rms(q8)} q4 rms ${rms(q4)}`);
+});
+
+Deno.test("every block quantizer: round-trip error by bits, zero / tiny / constant blocks, bad lengths", () => {
+  // relative RMS error of dequantize(quantize(x)) on normal data with 5 block scales; bounds ≈ 1.3 × measured
+  const bounds: [GGMLType, number][] = [
+    [GGMLType.Q8_0, 0.007],
+    [GGMLType.Q8_1, 0.007],
+    [GGMLType.Q8_K, 0.009],
+    [GGMLType.Q6_K, 0.023],
+    [GGMLType.Q5_K, 0.047],
+    [GGMLType.Q5_1, 0.049],
+    [GGMLType.Q5_0, 0.055],
+    [GGMLType.Q4_K, 0.093],
+    [GGMLType.IQ4_NL, 0.098],
+    [GGMLType.IQ4_XS, 0.099],
+    [GGMLType.Q4_1, 0.1],
+    [GGMLType.Q4_0, 0.11],
+    [GGMLType.Q3_K, 0.2],
+    [GGMLType.Q2_K, 0.39],
+  ];
+  let s = 7;
+  const rand = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const n = 256 * 64;
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const a = Math.sqrt(-2 * Math.log(rand() + 1e-12)),
+      t = 2 * Math.PI * rand(),
+      sc = 0.01 * (1 + ((i >> 8) % 5));
+    x[i] = a * Math.cos(t) * sc;
+    x[i + 1] = a * Math.sin(t) * sc;
+  }
+  const edge = new Float32Array(256 * 3);
+  for (let i = 256; i < 512; i++) edge[i] = ((i % 7) - 3) * 1e-20; // below ggml's GROUP_MAX_EPS in most groups
+  edge.fill(0.5, 512);
+  for (const [type, bound] of bounds) {
+    const name = ggmlTypeName(type);
+    const y = dequantize(type, quantize(type, x), n);
+    let e2 = 0, x2 = 0;
+    for (let i = 0; i < n; i++) {
+      e2 += (y[i] - x[i]) ** 2;
+      x2 += x[i] ** 2;
+    }
+    assert.ok(Math.sqrt(e2 / x2) <= bound, `${name}: relative RMS error ${Math.sqrt(e2 / x2)} > ${bound}`);
+    const z = dequantize(type, quantize(type, edge), edge.length);
+    assert.ok(z.subarray(0, 256).every((v) => v === 0), `${name}: a zero block decodes to zeros`);
+    assert.ok(z.subarray(256, 512).every((v) => Math.abs(v) <= 1e-19), `${name}: tiny values stay tiny`);
+    assert.ok(z.subarray(512).every((v) => Math.abs(v - 0.5) <= 0.5 * 0.02), `${name}: a constant block`);
+    const block = GGML_TYPES[type].blockSize;
+    assert.throws(
+      () => quantize(type, new Float32Array(block + 1)),
+      new RegExp(`not a multiple of ${block}`),
+    );
+  }
 });
 
 Deno.test("dequantize: unsupported type and short buffers are clear errors", () => {
