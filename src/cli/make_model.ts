@@ -172,7 +172,9 @@ export async function makeModel(opts: MakeModelOptions): Promise<{ bytes: number
   let params = 0;
   for (const t of tensors) params += t.shape.reduce((a, b) => a * b, 1);
   const metadata = await syntheticMetadata(opts.shape, shape, ft.ftype, opts.paths);
-  if (ft.base !== GGMLType.F32) metadata["general.quantization_version"] = { type: GGUFValueType.UINT32, value: 2 };
+  if (ft.base !== GGMLType.F32) {
+    metadata["general.quantization_version"] = { type: GGUFValueType.UINT32, value: 2 };
+  }
   const pool = new QuantizePool();
   try {
     const bytes = await writeGGUFFile(opts.out, { metadata, tensors }, (i, desc) => {
