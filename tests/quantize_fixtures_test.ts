@@ -88,3 +88,47 @@ Deno.test("quantize type rules: use_more_bits picks llama.cpp's layers", () => {
   assert.deepEqual(picked(24), [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]);
   assert.deepEqual(picked(28), [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27]);
 });
+
+Deno.test("quantize CLI: --pure, requantizing needs --allow-requantize, one-line errors", async () => {
+  const dir = await Deno.makeTempDir();
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", resolve(import.meta.dirname!, "../src/cli/quantize.ts"), ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  };
+  try {
+    const pure = resolve(dir, "pure.gguf");
+    let r = await run(["--in", KQUANT_F32, "--out", pure, "--type", "q4_k_m", "--pure", "--threads", "1"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /^quantize: Q4_K_M: 16\/21 tensors quantized \(Q4_K 16, F32 5\), 7\.36 MB -> 1\.\d+ MB in/,
+    );
+    const q8 = resolve(KQUANT_DIR, "kq-llama-Q8_0.gguf");
+    r = await run(["--in", q8, "--out", resolve(dir, "re.gguf"), "--type", "q4_0"]);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+    assert.match(r.stderr, /is already Q8_0: requantizing loses precision \(pass --allow-requantize/);
+    r = await run(["--in", q8, "--out", resolve(dir, "re.gguf"), "--type", "q4_0", "--allow-requantize"]);
+    assert.equal(r.code, 0, r.stderr);
+    const re = await readGGUFFile(resolve(dir, "re.gguf"));
+    assert.equal(re.tensors.find((t) => t.name === "blk.0.attn_q.weight")!.type, GGMLType.Q4_0);
+    // a tensor that already has its target type is copied as it is
+    const same = await readGGUFFile(q8);
+    r = await run(["--in", q8, "--out", resolve(dir, "same.gguf"), "--type", "q8_0"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /: 0\/21 tensors quantized/);
+    assert.equal(sha256(await Deno.readFile(resolve(dir, "same.gguf"))), sha256(same.bytes));
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "pure.gguf",
+      "re.gguf",
+      "same.gguf",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
