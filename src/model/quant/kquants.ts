@@ -55,17 +55,18 @@ export function dequantQ3_K(src: Uint8Array, dst: Float32Array, nb: number): voi
     const o = b * 110;
     const dAll = readF16(lut, src, o + 108);
     q3Scales(src, o, scales);
-    let y = b * QK_K, is = 0, q = o + 32, m = 1;
+    // the high bit of the j-th 16-group's levels is bit j/2 of hmask (the 4 is subtracted when it is clear)
+    let y = b * QK_K, is = 0, q = o + 32, hbit = 0;
     for (let n = 0; n < QK_K; n += 128) {
       for (let shift = 0; shift < 8; shift += 2) {
         for (let half = 0; half < 32; half += 16) {
           const dl = fr(dAll * (scales[is++] - 32));
           for (let l = 0; l < 16; l++) {
-            const hi = src[o + half + l] & m ? 0 : 4;
-            dst[y++] = dl * (((src[q + half + l] >>> shift) & 3) - hi);
+            const h = (src[o + half + l] >>> hbit) & 1;
+            dst[y++] = dl * (((src[q + half + l] >>> shift) & 3) - 4 + 4 * h);
           }
         }
-        m <<= 1;
+        hbit++;
       }
       q += 32;
     }
@@ -104,15 +105,18 @@ export function dequantQ5_K(src: Uint8Array, dst: Float32Array, nb: number): voi
     const o = b * 176;
     const d = readF16(lut, src, o), min = readF16(lut, src, o + 2);
     const qh = o + 16;
-    let y = b * QK_K, ql = o + 48, u1 = 1, u2 = 2;
+    // sub-block is (0..7) takes its 5th bits from bit `is` of qh
+    let y = b * QK_K, ql = o + 48;
     for (let is = 0; is < 8; is += 2) {
       const d1 = fr(d * scaleK4(is, src, o + 4)), mm1 = fr(min * minK4(is, src, o + 4));
       const d2 = fr(d * scaleK4(is + 1, src, o + 4)), mm2 = fr(min * minK4(is + 1, src, o + 4));
-      for (let l = 0; l < 32; l++) dst[y++] = d1 * ((src[ql + l] & 0xf) + (src[qh + l] & u1 ? 16 : 0)) - mm1;
-      for (let l = 0; l < 32; l++) dst[y++] = d2 * ((src[ql + l] >>> 4) + (src[qh + l] & u2 ? 16 : 0)) - mm2;
+      for (let l = 0; l < 32; l++) {
+        dst[y++] = d1 * ((src[ql + l] & 0xf) | (((src[qh + l] >>> is) & 1) << 4)) - mm1;
+      }
+      for (let l = 0; l < 32; l++) {
+        dst[y++] = d2 * ((src[ql + l] >>> 4) | (((src[qh + l] >>> (is + 1)) & 1) << 4)) - mm2;
+      }
       ql += 32;
-      u1 <<= 2;
-      u2 <<= 2;
     }
   }
 }
