@@ -12,7 +12,6 @@ import { dequantize, GGML_TYPES, ggmlTypeFromName, ggmlTypeName, quantize } from
 import { readGGUFFile, tensorBytes } from "../model/gguf.ts";
 import { quantizeGGUF } from "./quantize.ts";
 import { fileTypeByName } from "../model/quant/mix.ts";
-import { GGMLType } from "../model/types.ts";
 
 const BLOCK_TYPES = Object.entries(GGML_TYPES).filter(([, t]) => t.quantize && t.blockSize > 1).map(([, t]) =>
   t.name
@@ -103,20 +102,19 @@ async function main() {
     const t0 = performance.now(), c0 = cpuSeconds();
     const file = await readGGUFFile(v.model);
     const t1 = performance.now();
-    let weights = 0;
+    let elements = 0;
     for (const t of file.tensors) {
       dequantize(t.type, tensorBytes(file, t), t.nElements);
-      if (t.type !== GGMLType.F32) weights += t.nElements;
+      elements += t.nElements;
     }
     const t2 = performance.now(), c2 = cpuSeconds();
+    const [read, deq, cpu] = [(t1 - t0) / 1000, (t2 - t1) / 1000, c2 - c0];
     console.log(
       `${v.model}: ${(file.bytes.byteLength / 1e6).toFixed(1)} MB read in ${
-        ((t1 - t0) / 1000).toFixed(1)
-      } s; ` +
-        `every tensor dequantized in ${((t2 - t1) / 1000).toFixed(1)} s ` +
-        `(${(weights / ((t2 - t1) / 1000) / 1e6).toFixed(0)} M weights/s; ${
-          (c2 - c0).toFixed(1)
-        } s CPU in all)`,
+        read.toFixed(1)
+      } s; every tensor ` +
+        `dequantized in ${deq.toFixed(1)} s (${(elements / deq / 1e6).toFixed(0)} M elements/s; ` +
+        `${cpu.toFixed(1)} s CPU in all)`,
     );
     if (v.type) {
       const out = await Deno.makeTempFile({ suffix: ".gguf" });
