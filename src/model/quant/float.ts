@@ -94,5 +94,18 @@ export function nearestInt(x: number): number {
   return Math.fround(x + 12582912) - 12582912;
 }
 
+/** The value of largest magnitude in x[start, start+n) (the first on ties, 0 if all are 0), as ggml finds it. */
+export function signedAbsMax(x: Float32Array, start: number, n: number): number {
+  let amax = 0, max = 0;
+  for (let i = start; i < start + n; i++) {
+    const a = Math.abs(x[i]);
+    if (a > amax) {
+      amax = a;
+      max = x[i];
+    }
+  }
+  return max;
+}
+
 /** ggml's GROUP_MAX_EPS (1e-15f): groups whose largest magnitude is below it quantize to zero. */
 export const GROUP_MAX_EPS = Math.fround(1e-15);

@@ -7,7 +7,7 @@
  * Layouts (bytes): IQ4_NL d · qs[16] (18 per 32); IQ4_XS d · scales_h (u16, 2 high bits × 8) · scales_l[4]
  * (4 low bits × 8) · qs[128] (136 per 256). Nibble j of a 32-group is element j (low) and j+16 (high).
  */
-import { f16Lut, GROUP_MAX_EPS, nearestInt, readF16, writeF16 } from "./float.ts";
+import { f16Lut, GROUP_MAX_EPS, nearestInt, readF16, signedAbsMax, writeF16 } from "./float.ts";
 
 const fr = Math.fround;
 
@@ -108,16 +108,9 @@ function quantIQ4Block(
   let maxScale = 0, amaxScale = 0;
   for (let ib = 0; ib < nBlocks; ib++) {
     const xb = xo + 32 * ib, lb = 32 * ib;
-    let amax = 0, max = 0;
-    for (let j = 0; j < 32; j++) {
-      const v = x[xb + j];
-      weight[j] = fr(v * v);
-      if (Math.abs(v) > amax) {
-        amax = Math.abs(v);
-        max = v;
-      }
-    }
-    if (amax < GROUP_MAX_EPS) {
+    for (let j = 0; j < 32; j++) weight[j] = fr(x[xb + j] * x[xb + j]);
+    const max = signedAbsMax(x, xb, 32);
+    if (Math.abs(max) < GROUP_MAX_EPS) {
       scales[ib] = 0;
       continue;
     }

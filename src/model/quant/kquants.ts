@@ -12,7 +12,7 @@
  *   Q6_K  ql[128] (low 4 bits) · qh[64] (high 2 bits) · scales[16] (int8) · d                     = 210
  *   Q8_K  d (float32) · qs[256] (int8) · bsums[16] (int16 sums of 16)                             = 292
  */
-import { f16Lut, GROUP_MAX_EPS, nearestInt, readF16, writeF16 } from "./float.ts";
+import { f16Lut, GROUP_MAX_EPS, nearestInt, readF16, signedAbsMax, writeF16 } from "./float.ts";
 
 const fr = Math.fround;
 const QK_K = 256;
@@ -173,15 +173,8 @@ function makeQxQuants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0, amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xo + i];
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedAbsMax(x, xo, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lo, lo + n);
     return 0;
   }
@@ -237,15 +230,8 @@ function makeQ3Quants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0, amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xo + i];
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedAbsMax(x, xo, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lo, lo + n);
     return 0;
   }
@@ -688,15 +674,8 @@ export function quantQ8_K(x: Float32Array, out: Uint8Array): void {
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   for (let i = 0; i < nb; i++) {
     const xb = i * QK_K, o = i * 292;
-    let max = 0, amax = 0;
-    for (let j = 0; j < QK_K; j++) {
-      const ax = Math.abs(x[xb + j]);
-      if (ax > amax) {
-        amax = ax;
-        max = x[xb + j];
-      }
-    }
-    if (!amax) {
+    const max = signedAbsMax(x, xb, QK_K);
+    if (!max) {
       out.fill(0, o, o + 292);
       continue;
     }

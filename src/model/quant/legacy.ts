@@ -7,7 +7,7 @@
  * (24); Q8_0 d·qs[32] (34); Q8_1 d·s·qs[32] (36). d, m, s are halves; nibble j of qs is element j (low) and
  * j+16 (high); qh holds the 5th bits, bit j for element j.
  */
-import { f16Lut, readF16, roundf, writeF16 } from "./float.ts";
+import { f16Lut, readF16, roundf, signedAbsMax, writeF16 } from "./float.ts";
 
 const fr = Math.fround;
 
@@ -87,109 +87,88 @@ export function dequantQ8_1(src: Uint8Array, dst: Float32Array, nb: number): voi
   }
 }
 
-/** Index and value of the element of largest magnitude in x[base, base+32) (first one on ties). */
-function signedMax(x: Float32Array, base: number): number {
-  let amax = 0, max = 0;
+const levels = new Uint8Array(32);
+
+/**
+ * Levels of the symmetric formats (quantize_row_q4_0_ref / q5_0_ref): d = max/−half with max the signed value
+ * of largest magnitude, q = min(2·half − 1, trunc(x/d + half + 0.5)). Returns d; levels go to `levels`.
+ */
+function symmetricLevels(x: Float32Array, base: number, half: number): number {
+  const d = fr(signedAbsMax(x, base, 32) / -half);
+  const id = d ? fr(1 / d) : 0;
   for (let j = 0; j < 32; j++) {
-    const v = x[base + j];
-    if (amax < Math.abs(v)) {
-      amax = Math.abs(v);
-      max = v;
-    }
+    levels[j] = Math.min(2 * half - 1, Math.trunc(fr(fr(x[base + j] * id) + half + 0.5)));
   }
-  return max;
+  return d;
 }
 
-/** quantize_row_q4_0_ref: d = max/-8 (max = signed value of largest magnitude), q = min(15, trunc(x/d + 8.5)). */
-export function quantQ4_0(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 18;
-    const d = fr(signedMax(x, base) / -8);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    for (let j = 0; j < 16; j++) {
-      const q0 = Math.min(15, Math.trunc(fr(fr(x[base + j] * id) + 8.5)));
-      const q1 = Math.min(15, Math.trunc(fr(fr(x[base + 16 + j] * id) + 8.5)));
-      out[o + 2 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-    }
-  }
-}
-
-/** min and max of x[base, base+32). */
-function minMax(x: Float32Array, base: number): [number, number] {
+/**
+ * Levels of the formats with a min (quantize_row_q4_1_ref / q5_1_ref): d = (max − min)/nmax, q = trunc((x −
+ * min)/d + 0.5), capped at 15 for Q4_1 only (as ggml does). Returns [d, min]; levels go to `levels`.
+ */
+function minLevels(x: Float32Array, base: number, nmax: number): [number, number] {
   let min = Infinity, max = -Infinity; // C: FLT_MAX / -FLT_MAX (same result for finite data)
   for (let j = 0; j < 32; j++) {
     const v = x[base + j];
     if (v < min) min = v;
     if (v > max) max = v;
   }
-  return [min, max];
+  const d = fr(fr(max - min) / nmax);
+  const id = d ? fr(1 / d) : 0;
+  for (let j = 0; j < 32; j++) {
+    const q = Math.trunc(fr(fr(fr(x[base + j] - min) * id) + 0.5));
+    levels[j] = nmax === 15 ? Math.min(15, q) : q;
+  }
+  return [d, min];
 }
 
-/** quantize_row_q4_1_ref: d = (max-min)/15, m = min, q = min(15, trunc((x-min)/d + 0.5)). */
+/** Low nibbles of `levels` into qs at `o` (element j low, j+16 high); the 5th bits as qh at `h` if given. */
+function packLevels(out: Uint8Array, o: number, h = -1): void {
+  let qh = 0;
+  for (let j = 0; j < 16; j++) {
+    const q0 = levels[j], q1 = levels[j + 16];
+    out[o + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+    qh |= ((q0 >>> 4) & 1) << j;
+    qh |= ((q1 >>> 4) & 1) << (j + 16);
+  }
+  if (h >= 0) {
+    for (let k = 0; k < 4; k++) out[h + k] = (qh >>> (8 * k)) & 0xff;
+  }
+}
+
+/** quantize_row_q4_0_ref. */
+export function quantQ4_0(x: Float32Array, out: Uint8Array): void {
+  for (let b = 0; b < x.length / 32; b++) {
+    writeF16(out, b * 18, symmetricLevels(x, b * 32, 8));
+    packLevels(out, b * 18 + 2);
+  }
+}
+
+/** quantize_row_q4_1_ref. */
 export function quantQ4_1(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 20;
-    const [min, max] = minMax(x, base);
-    const d = fr(fr(max - min) / 15);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    writeF16(out, o + 2, min);
-    for (let j = 0; j < 16; j++) {
-      const q0 = Math.min(15, Math.trunc(fr(fr(fr(x[base + j] - min) * id) + 0.5)));
-      const q1 = Math.min(15, Math.trunc(fr(fr(fr(x[base + 16 + j] - min) * id) + 0.5)));
-      out[o + 4 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-    }
+  for (let b = 0; b < x.length / 32; b++) {
+    const [d, min] = minLevels(x, b * 32, 15);
+    writeF16(out, b * 20, d);
+    writeF16(out, b * 20 + 2, min);
+    packLevels(out, b * 20 + 4);
   }
 }
 
-/** quantize_row_q5_0_ref: d = max/-16, q = min(31, trunc(x/d + 16.5)). */
+/** quantize_row_q5_0_ref. */
 export function quantQ5_0(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 22;
-    const d = fr(signedMax(x, base) / -16);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    let qh = 0;
-    for (let j = 0; j < 16; j++) {
-      const q0 = Math.min(31, Math.trunc(fr(fr(x[base + j] * id) + 16.5)));
-      const q1 = Math.min(31, Math.trunc(fr(fr(x[base + 16 + j] * id) + 16.5)));
-      out[o + 6 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-      qh |= ((q0 & 0x10) >>> 4) << j;
-      qh |= ((q1 & 0x10) >>> 4) << (j + 16);
-    }
-    out[o + 2] = qh & 0xff;
-    out[o + 3] = (qh >>> 8) & 0xff;
-    out[o + 4] = (qh >>> 16) & 0xff;
-    out[o + 5] = (qh >>> 24) & 0xff;
+  for (let b = 0; b < x.length / 32; b++) {
+    writeF16(out, b * 22, symmetricLevels(x, b * 32, 16));
+    packLevels(out, b * 22 + 6, b * 22 + 2);
   }
 }
 
-/** quantize_row_q5_1_ref: d = (max-min)/31, m = min, q = trunc((x-min)/d + 0.5). */
+/** quantize_row_q5_1_ref. */
 export function quantQ5_1(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 24;
-    const [min, max] = minMax(x, base);
-    const d = fr(fr(max - min) / 31);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    writeF16(out, o + 2, min);
-    let qh = 0;
-    for (let j = 0; j < 16; j++) {
-      const q0 = Math.trunc(fr(fr(fr(x[base + j] - min) * id) + 0.5)) & 0xff;
-      const q1 = Math.trunc(fr(fr(fr(x[base + 16 + j] - min) * id) + 0.5)) & 0xff;
-      out[o + 8 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-      qh |= ((q0 & 0x10) >>> 4) << j;
-      qh |= ((q1 & 0x10) >>> 4) << (j + 16);
-    }
-    out[o + 4] = qh & 0xff;
-    out[o + 5] = (qh >>> 8) & 0xff;
-    out[o + 6] = (qh >>> 16) & 0xff;
-    out[o + 7] = (qh >>> 24) & 0xff;
+  for (let b = 0; b < x.length / 32; b++) {
+    const [d, min] = minLevels(x, b * 32, 31);
+    writeF16(out, b * 24, d);
+    writeF16(out, b * 24 + 2, min);
+    packLevels(out, b * 24 + 8, b * 24 + 4);
   }
 }
 
