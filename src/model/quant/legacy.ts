@@ -172,36 +172,37 @@ export function quantQ5_1(x: Float32Array, out: Uint8Array): void {
   }
 }
 
-/** quantize_row_q8_0_ref: d = amax/127, q = roundf(x/d). */
-export function quantQ8_0(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 34;
-    let amax = 0;
-    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[base + j]));
-    const d = fr(amax / 127);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    for (let j = 0; j < 32; j++) out[o + 2 + j] = roundf(fr(x[base + j] * id)) & 0xff;
+const q8 = { sum: 0 };
+
+/**
+ * The 8-bit block of x[base, base+32) (quantize_row_q8_0_ref): d = amax/127 as a half at `o`, q = roundf(x/d)
+ * as int8 at `q`. Returns d (float32, before the half rounding) and leaves Σq in `q8.sum`.
+ */
+function q8Block(x: Float32Array, base: number, out: Uint8Array, o: number, q: number): number {
+  let amax = 0;
+  for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[base + j]));
+  const d = fr(amax / 127);
+  const id = d ? fr(1 / d) : 0;
+  writeF16(out, o, d);
+  let sum = 0;
+  for (let j = 0; j < 32; j++) {
+    const v = roundf(fr(x[base + j] * id));
+    out[q + j] = v & 0xff;
+    sum += v;
   }
+  q8.sum = sum;
+  return d;
+}
+
+/** quantize_row_q8_0_ref. */
+export function quantQ8_0(x: Float32Array, out: Uint8Array): void {
+  for (let b = 0; b < x.length / 32; b++) q8Block(x, b * 32, out, b * 34, b * 34 + 2);
 }
 
 /** quantize_row_q8_1_ref: as Q8_0, plus s = (Σq)·d. */
 export function quantQ8_1(x: Float32Array, out: Uint8Array): void {
-  const nb = x.length / 32;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32, o = b * 36;
-    let amax = 0;
-    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[base + j]));
-    const d = fr(amax / 127);
-    const id = d ? fr(1 / d) : 0;
-    writeF16(out, o, d);
-    let sum = 0;
-    for (let j = 0; j < 32; j++) {
-      const q = roundf(fr(x[base + j] * id));
-      out[o + 4 + j] = q & 0xff;
-      sum += q;
-    }
-    writeF16(out, o + 2, fr(sum * d));
+  for (let b = 0; b < x.length / 32; b++) {
+    const d = q8Block(x, b * 32, out, b * 36, b * 36 + 4);
+    writeF16(out, b * 36 + 2, fr(q8.sum * d));
   }
 }
