@@ -85,114 +85,44 @@ export interface GGMLTypeInfo {
   quantize?: BlockEncoder;
 }
 
-/** Every type in the GGMLType enum: layout (sizes as in ggml.c's type_traits) and codecs where supported. */
+const row = (
+  name: string,
+  blockSize: number,
+  typeSize: number,
+  dequantize?: BlockDecoder,
+  quantize?: BlockEncoder,
+) => ({
+  name,
+  blockSize,
+  typeSize,
+  dequantize,
+  quantize,
+});
+
+/** Every type in the GGMLType enum: name, block, bytes per block (as ggml.c's type_traits) and codecs. */
 export const GGML_TYPES: Readonly<Record<GGMLType, GGMLTypeInfo>> = {
-  [GGMLType.F32]: { name: "F32", blockSize: 1, typeSize: 4, dequantize: decodeF32, quantize: encodeF32 },
-  [GGMLType.F16]: { name: "F16", blockSize: 1, typeSize: 2, dequantize: decodeF16, quantize: encodeF16 },
-  [GGMLType.BF16]: { name: "BF16", blockSize: 1, typeSize: 2, dequantize: decodeBF16, quantize: encodeBF16 },
-  [GGMLType.Q4_0]: {
-    name: "Q4_0",
-    blockSize: 32,
-    typeSize: 18,
-    dequantize: dequantQ4_0,
-    quantize: quantQ4_0,
-  },
-  [GGMLType.Q4_1]: {
-    name: "Q4_1",
-    blockSize: 32,
-    typeSize: 20,
-    dequantize: dequantQ4_1,
-    quantize: quantQ4_1,
-  },
-  [GGMLType.Q5_0]: {
-    name: "Q5_0",
-    blockSize: 32,
-    typeSize: 22,
-    dequantize: dequantQ5_0,
-    quantize: quantQ5_0,
-  },
-  [GGMLType.Q5_1]: {
-    name: "Q5_1",
-    blockSize: 32,
-    typeSize: 24,
-    dequantize: dequantQ5_1,
-    quantize: quantQ5_1,
-  },
-  [GGMLType.Q8_0]: {
-    name: "Q8_0",
-    blockSize: 32,
-    typeSize: 34,
-    dequantize: dequantQ8_0,
-    quantize: quantQ8_0,
-  },
-  [GGMLType.Q8_1]: {
-    name: "Q8_1",
-    blockSize: 32,
-    typeSize: 36,
-    dequantize: dequantQ8_1,
-    quantize: quantQ8_1,
-  },
-  [GGMLType.Q2_K]: {
-    name: "Q2_K",
-    blockSize: 256,
-    typeSize: 84,
-    dequantize: dequantQ2_K,
-    quantize: quantQ2_K,
-  },
-  [GGMLType.Q3_K]: {
-    name: "Q3_K",
-    blockSize: 256,
-    typeSize: 110,
-    dequantize: dequantQ3_K,
-    quantize: quantQ3_K,
-  },
-  [GGMLType.Q4_K]: {
-    name: "Q4_K",
-    blockSize: 256,
-    typeSize: 144,
-    dequantize: dequantQ4_K,
-    quantize: quantQ4_K,
-  },
-  [GGMLType.Q5_K]: {
-    name: "Q5_K",
-    blockSize: 256,
-    typeSize: 176,
-    dequantize: dequantQ5_K,
-    quantize: quantQ5_K,
-  },
-  [GGMLType.Q6_K]: {
-    name: "Q6_K",
-    blockSize: 256,
-    typeSize: 210,
-    dequantize: dequantQ6_K,
-    quantize: quantQ6_K,
-  },
-  [GGMLType.Q8_K]: {
-    name: "Q8_K",
-    blockSize: 256,
-    typeSize: 292,
-    dequantize: dequantQ8_K,
-    quantize: quantQ8_K,
-  },
-  [GGMLType.IQ4_NL]: {
-    name: "IQ4_NL",
-    blockSize: 32,
-    typeSize: 18,
-    dequantize: dequantIQ4_NL,
-    quantize: quantIQ4_NL,
-  },
-  [GGMLType.IQ4_XS]: {
-    name: "IQ4_XS",
-    blockSize: 256,
-    typeSize: 136,
-    dequantize: dequantIQ4_XS,
-    quantize: quantIQ4_XS,
-  },
-  [GGMLType.I8]: { name: "I8", blockSize: 1, typeSize: 1 },
-  [GGMLType.I16]: { name: "I16", blockSize: 1, typeSize: 2 },
-  [GGMLType.I32]: { name: "I32", blockSize: 1, typeSize: 4 },
-  [GGMLType.I64]: { name: "I64", blockSize: 1, typeSize: 8 },
-  [GGMLType.F64]: { name: "F64", blockSize: 1, typeSize: 8 },
+  [GGMLType.F32]: row("F32", 1, 4, decodeF32, encodeF32),
+  [GGMLType.F16]: row("F16", 1, 2, decodeF16, encodeF16),
+  [GGMLType.BF16]: row("BF16", 1, 2, decodeBF16, encodeBF16),
+  [GGMLType.Q4_0]: row("Q4_0", 32, 18, dequantQ4_0, quantQ4_0),
+  [GGMLType.Q4_1]: row("Q4_1", 32, 20, dequantQ4_1, quantQ4_1),
+  [GGMLType.Q5_0]: row("Q5_0", 32, 22, dequantQ5_0, quantQ5_0),
+  [GGMLType.Q5_1]: row("Q5_1", 32, 24, dequantQ5_1, quantQ5_1),
+  [GGMLType.Q8_0]: row("Q8_0", 32, 34, dequantQ8_0, quantQ8_0),
+  [GGMLType.Q8_1]: row("Q8_1", 32, 36, dequantQ8_1, quantQ8_1), // activations (Q4_1/Q5_1 dot products)
+  [GGMLType.Q2_K]: row("Q2_K", 256, 84, dequantQ2_K, quantQ2_K),
+  [GGMLType.Q3_K]: row("Q3_K", 256, 110, dequantQ3_K, quantQ3_K),
+  [GGMLType.Q4_K]: row("Q4_K", 256, 144, dequantQ4_K, quantQ4_K),
+  [GGMLType.Q5_K]: row("Q5_K", 256, 176, dequantQ5_K, quantQ5_K),
+  [GGMLType.Q6_K]: row("Q6_K", 256, 210, dequantQ6_K, quantQ6_K),
+  [GGMLType.Q8_K]: row("Q8_K", 256, 292, dequantQ8_K, quantQ8_K), // activations (K-quant dot products)
+  [GGMLType.IQ4_NL]: row("IQ4_NL", 32, 18, dequantIQ4_NL, quantIQ4_NL),
+  [GGMLType.IQ4_XS]: row("IQ4_XS", 256, 136, dequantIQ4_XS, quantIQ4_XS),
+  [GGMLType.I8]: row("I8", 1, 1),
+  [GGMLType.I16]: row("I16", 1, 2),
+  [GGMLType.I32]: row("I32", 1, 4),
+  [GGMLType.I64]: row("I64", 1, 8),
+  [GGMLType.F64]: row("F64", 1, 8),
 };
 
 /** The layout of a type id, or undefined for ids this runtime does not know. */
