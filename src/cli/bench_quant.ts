@@ -2,7 +2,7 @@
  * deno task bench:quant — throughput of the TypeScript block codecs (the reference backend's load time and
  * `quantize`'s run time), side by side in one run.
  *
- * Per type: dequantize and quantize rates on one thread over seeded normal data (fastest of repeated runs), with dequantize also as a
+ * Per type: dequantize and quantize rates on one thread over seeded normal data (by process CPU time), with dequantize also as a
  * fraction of a plain float32 copy of the same output measured in the same run. With --model: the time to
  * read a GGUF and dequantize every tensor (what the ts backend does at load), and with --type also the time
  * to quantize it with the worker pool (wall and process CPU seconds, so a busy machine shows as the gap).
@@ -34,19 +34,21 @@ function cpuSeconds(): number {
   }
 }
 
-/** Seconds of one call: the fastest of repeated calls over at least 0.3 s (robust to a busy machine). */
+/**
+ * CPU seconds of one call: process CPU time over repeated calls (at least 0.5 s of it) divided by the calls,
+ * so that other jobs on a shared machine do not count; the fastest wall time where /proc is missing.
+ */
 function timeIt(fn: () => void): number {
   fn(); // warm up the JIT
-  let best = Infinity, total = 0, reps = 0;
-  while (reps < 3 || total < 0.3) {
+  let best = Infinity, reps = 0;
+  const c0 = cpuSeconds(), w0 = performance.now();
+  while (reps < 3 || (Number.isNaN(c0) ? performance.now() - w0 < 300 : cpuSeconds() - c0 < 0.5)) {
     const t0 = performance.now();
     fn();
-    const dt = (performance.now() - t0) / 1000;
-    best = Math.min(best, dt);
-    total += dt;
+    best = Math.min(best, (performance.now() - t0) / 1000);
     reps++;
   }
-  return best;
+  return Number.isNaN(c0) ? best : (cpuSeconds() - c0) / reps;
 }
 
 async function main() {
@@ -113,7 +115,9 @@ async function main() {
       `${v.model}: ${(file.bytes.byteLength / 1e6).toFixed(1)} MB read in ${
         read.toFixed(1)
       } s; every tensor ` +
-        `dequantized in ${deq.toFixed(1)} s (${(elements / deq / 1e6).toFixed(0)} M elements/s; ` +
+        `dequantized in ${deq.toFixed(1)} s (${
+          (elements / deq / 1e6).toFixed(0)
+        } M elements per wall second; ` +
         `${cpu.toFixed(1)} s CPU in all)`,
     );
     if (v.type) {
