@@ -367,6 +367,26 @@ const CASES: { name: string; bytes: () => Uint8Array; re: RegExp }[] = [
     re: /inner dim 33 is not a multiple of the Q8_0 block size 32/,
   },
   {
+    name: "K-quant inner dim not a multiple of 256",
+    bytes: () => tinfo(head(1, 0), "w", [320, 2], GGMLType.Q4_K, 0).pad().zeros(1024).bytes,
+    re: /inner dim 320 is not a multiple of the Q4_K block size 256/,
+  },
+  {
+    name: "IQ4_XS tensor longer than the file",
+    bytes: () => tinfo(head(1, 0), "w", [256, 4], GGMLType.IQ4_XS, 0).pad().zeros(543).bytes,
+    re: /tensor "w" data \[\d+, \d+\) is beyond the end of the file/,
+  },
+  {
+    // two Q4_K rows take 288 bytes; the same dims claimed as Q6_K need 420 and run into the next tensor
+    name: "tensor type claiming more bytes than its slot",
+    bytes: () =>
+      tinfo(tinfo(head(2, 0), "a", [256, 2], GGMLType.Q6_K, 0), "b", [32], GGMLType.Q8_0, 288).pad().zeros(
+        1024,
+      )
+        .bytes,
+    re: /tensor "b" overlaps tensor "a"/,
+  },
+  {
     name: "tensor data beyond EOF",
     bytes: () => tinfo(head(1, 0), "w", [64, 64], 0, 0).pad().zeros(1000).bytes,
     re: /tensor "w" data \[\d+, \d+\) is beyond the end of the file/,

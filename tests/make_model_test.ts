@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { makeModel, SHAPES, syntheticMetadata, syntheticTensors } from "../src/cli/make_model.ts";
-import { ggufTensor, metaValue, readGGUFFile } from "../src/model/gguf.ts";
+import { ggufTensor, metaValue, readGGUFFile, tensorBytes } from "../src/model/gguf.ts";
+import { dequantize, ggmlTypeName, quantize } from "../src/model/ggml.ts";
+import { FILE_TYPES, planQuantization } from "../src/model/quant/mix.ts";
+import { modelFromGGUF } from "../src/model/gguf_model.ts";
+import { createTsBackend } from "../src/engine/ts/backend.ts";
 import { FAMILIES, llama3RopeFactors, SHARED_FIXTURES, TokenType } from "../src/model/synthetic.ts";
 import { GGMLType } from "../src/model/types.ts";
 
@@ -105,6 +109,51 @@ Deno.test("make-model writes a real-vocabulary GGUF that reads back with its tem
     assert.equal(metaValue(g, "tokenizer.ggml.pre"), "smollm");
     assert.match(metaValue(g, "tokenizer.chat_template") as string, /<\|im_start\|>/);
     assert.equal(g.tensors.length, 2 + 30 * 9);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("make-model --type: every file type quantize writes, tensor types chosen as llama-quantize would", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const f32Path = resolve(dir, "f32.gguf");
+    await makeModel({ shape: "tiny", out: f32Path, type: "f32", seed: 5 });
+    const f32 = await readGGUFFile(f32Path);
+    const f32Values = new Map(
+      f32.tensors.map((t) => [t.name, dequantize(t.type, tensorBytes(f32, t), t.nElements)]),
+    );
+    const s = SHAPES.tiny;
+    const info = { arch: s.arch, nLayers: s.nLayers, nHead: s.nHeads, nHeadKV: s.nKVHeads };
+    // a file type of each family (the K mixes on tiny's rows exercise every fallback type)
+    for (const name of ["f16", "bf16", "q4_1", "q5_1", "q3_k_m", "q4_k_m", "q6_k", "iq4_xs"]) {
+      const ft = FILE_TYPES[name];
+      const out = resolve(dir, `${name}.gguf`);
+      await makeModel({ shape: "tiny", out, type: name, seed: 5 });
+      const g = await readGGUFFile(out);
+      assert.equal(metaValue(g, "general.file_type"), ft.ftype, name);
+      const plan = new Map(planQuantization(f32.tensors, info, ft).map((p) => [p.name, p.target]));
+      for (const t of g.tensors) {
+        assert.equal(ggmlTypeName(t.type), ggmlTypeName(plan.get(t.name)!), `${name} ${t.name}`);
+        // the same seeded values, encoded by the reference quantizer of the tensor's type
+        if (t.name.startsWith("blk.0.")) {
+          assert.deepEqual(
+            tensorBytes(g, t),
+            quantize(t.type, f32Values.get(t.name)!),
+            `${name} ${t.name}: bytes`,
+          );
+        }
+      }
+      const m = modelFromGGUF(g);
+      const be = createTsBackend(m.config, m.weights);
+      const [o] = await be.forward([{ kv: be.createKV(), tokens: [1, 300, 301], logits: "last" }]);
+      assert.ok(o.logits.every(Number.isFinite), `${name}: the ts backend runs it`);
+      be.dispose();
+    }
+    // tiny's rows of 128 and 384 fit no 256-block: Q4_K_M falls back to Q5_0 and (Q6_K) Q8_0 throughout
+    const q4km = await readGGUFFile(resolve(dir, "q4_k_m.gguf"));
+    const types = new Set(q4km.tensors.map((t) => ggmlTypeName(t.type)));
+    assert.deepEqual([...types].sort(), ["F32", "Q5_0", "Q8_0"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,7 +1,8 @@
 /**
  * Write a GGUF with seeded random weights in the exact geometry of a real model (for benchmarks and
- * end-to-end tests): `deno task make-model --shape NAME --out FILE [--type f32|f16|q8_0|q4_0] [--seed N]
- * [--ctx N] [--vocab-dir DIR] [--template-dir DIR]`. Shapes and vocabulary families: src/model/synthetic.ts
+ * end-to-end tests): `deno task make-model --shape NAME --out FILE [--type TYPE] [--seed N] [--ctx N]
+ * [--vocab-dir DIR] [--template-dir DIR]`. TYPE is any file type `quantize` writes (f32 by default; q4_k_m
+ * etc. pick each tensor's type with llama-quantize's rules, as a real download has them). Shapes and vocabulary families: src/model/synthetic.ts
  * (real-model shapes carry a real byte-level BPE vocabulary, their special tokens at the real ids and the
  * family's chat template; `mid` and `tiny` a built-in SentencePiece one).
  *
@@ -10,7 +11,8 @@
  */
 import { parseArgs } from "node:util";
 import { GGMLType } from "../model/types.ts";
-import { quantize } from "../model/ggml.ts";
+import { fileTypeByName, fileTypeNames, planQuantization } from "../model/quant/mix.ts";
+import { QuantizePool } from "../model/quant/pool.ts";
 import { type GGUFKV, GGUFValueType } from "../model/gguf.ts";
 import { type GGUFTensorDesc, writeGGUFFile } from "../model/gguf_writer.ts";
 import {
@@ -23,14 +25,6 @@ import {
 } from "../model/synthetic.ts";
 
 export { type ModelShape, SHAPES } from "../model/synthetic.ts";
-
-/** Weight type per --type, with llama.cpp's LLAMA_FTYPE for general.file_type. */
-export const WEIGHT_TYPES: Record<string, { type: GGMLType; fileType: number }> = {
-  f32: { type: GGMLType.F32, fileType: 0 },
-  f16: { type: GGMLType.F16, fileType: 1 },
-  q8_0: { type: GGMLType.Q8_0, fileType: 7 },
-  q4_0: { type: GGMLType.Q4_0, fileType: 2 },
-};
 
 /** A fast seeded PRNG (xoshiro128**) with a Box-Muller normal sampler. */
 export class Rng {
@@ -166,25 +160,35 @@ export interface MakeModelOptions {
 export async function makeModel(opts: MakeModelOptions): Promise<{ bytes: number; params: number }> {
   const base = SHAPES[opts.shape];
   if (!base || !Object.hasOwn(SHAPES, opts.shape)) throw new RangeError(`unknown shape "${opts.shape}"`);
-  const wt = WEIGHT_TYPES[opts.type ?? "f32"];
-  if (!wt || !Object.hasOwn(WEIGHT_TYPES, opts.type ?? "f32")) {
-    throw new RangeError(`unknown type "${opts.type}"`);
-  }
+  const ft = fileTypeByName(opts.type ?? "f32");
+  if (!ft) throw new RangeError(`unknown type "${opts.type}"`);
   const shape = { ...base, contextLength: opts.ctx ?? base.contextLength };
   const seed = opts.seed ?? 0;
-  const tensors = syntheticTensors(shape, wt.type);
+  // each tensor's type as llama-quantize would choose it for an F32 original
+  const info = { arch: shape.arch, nLayers: shape.nLayers, nHead: shape.nHeads, nHeadKV: shape.nKVHeads };
+  const f32 = syntheticTensors(shape, GGMLType.F32);
+  const typeOf = new Map(planQuantization(f32, info, ft).map((p) => [p.name, p.target]));
+  const tensors = f32.map((t) => ({ ...t, type: typeOf.get(t.name)! }));
   let params = 0;
   for (const t of tensors) params += t.shape.reduce((a, b) => a * b, 1);
-  const metadata = await syntheticMetadata(opts.shape, shape, wt.fileType, opts.paths);
-  const bytes = await writeGGUFFile(opts.out, { metadata, tensors }, (i, desc) => {
-    const x = syntheticValues(shape, desc, i, seed);
-    return desc.type === GGMLType.F32 ? new Uint8Array(x.buffer) : quantize(desc.type, x);
-  });
-  return { bytes, params };
+  const metadata = await syntheticMetadata(opts.shape, shape, ft.ftype, opts.paths);
+  if (ft.base !== GGMLType.F32) {
+    metadata["general.quantization_version"] = { type: GGUFValueType.UINT32, value: 2 };
+  }
+  const pool = new QuantizePool();
+  try {
+    const bytes = await writeGGUFFile(opts.out, { metadata, tensors }, (i, desc) => {
+      const x = syntheticValues(shape, desc, i, seed);
+      return desc.type === GGMLType.F32 ? new Uint8Array(x.buffer) : pool.quantize(desc.type, x);
+    });
+    return { bytes, params };
+  } finally {
+    pool.close();
+  }
 }
 
 const USAGE = `usage: deno task make-model --shape ${Object.keys(SHAPES).join("|")} --out FILE ` +
-  `[--type f32|f16|q8_0|q4_0] [--seed N] [--ctx N] [--vocab-dir DIR] [--template-dir DIR]`;
+  `[--type ${fileTypeNames().join("|")}] [--seed N] [--ctx N] [--vocab-dir DIR] [--template-dir DIR]`;
 
 function intFlag(name: string, v: string | undefined, min: number): number | undefined {
   if (v === undefined) return undefined;
@@ -219,7 +223,7 @@ async function main(args: string[]): Promise<number> {
     if (!values.shape || !values.out) throw new RangeError("--shape and --out are required");
     if (!Object.hasOwn(SHAPES, values.shape)) throw new RangeError(`unknown --shape "${values.shape}"`);
     const type = (values.type ?? "f32").toLowerCase();
-    if (!Object.hasOwn(WEIGHT_TYPES, type)) throw new RangeError(`unknown --type "${values.type}"`);
+    if (!fileTypeByName(type)) throw new RangeError(`unknown --type "${values.type}"`);
     opts = {
       shape: values.shape,
       out: values.out,

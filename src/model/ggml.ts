@@ -1,10 +1,77 @@
 /**
- * ggml tensor types: the size table, half-precision conversions, and (de)quantization of the block formats
- * this runtime computes with (F32, F16, BF16, Q8_0, Q4_0), bit-compatible with ggml's reference code.
+ * ggml tensor types as one table: each type's block layout and, where this runtime supports it, its
+ * dequantizer (ggml's to_float, bit for bit) and reference quantizer (llama-quantize's bytes without an
+ * importance matrix). The block codecs live in ./quant/; this module is their public face.
  */
 import { GGMLType } from "./types.ts";
-import { f16ToF32, f32ToF16 } from "./f16.ts";
 import { ModelFormatError } from "./errors.ts";
+import { f16Lut, f32ToBF16, f32ToF16 } from "./quant/float.ts";
+import {
+  dequantQ4_0,
+  dequantQ4_1,
+  dequantQ5_0,
+  dequantQ5_1,
+  dequantQ8_0,
+  dequantQ8_1,
+  quantQ4_0,
+  quantQ4_1,
+  quantQ5_0,
+  quantQ5_1,
+  quantQ8_0,
+  quantQ8_1,
+} from "./quant/legacy.ts";
+import {
+  dequantQ2_K,
+  dequantQ3_K,
+  dequantQ4_K,
+  dequantQ5_K,
+  dequantQ6_K,
+  dequantQ8_K,
+  quantQ2_K,
+  quantQ3_K,
+  quantQ4_K,
+  quantQ5_K,
+  quantQ6_K,
+  quantQ8_K,
+} from "./quant/kquants.ts";
+import { dequantIQ4_NL, dequantIQ4_XS, quantIQ4_NL, quantIQ4_XS } from "./quant/iq4.ts";
+
+export { bf16ToF32, f16ToF32, f32ToBF16, f32ToF16 } from "./quant/float.ts";
+
+function decodeF32(src: Uint8Array, dst: Float32Array, n: number): void {
+  if (src.byteOffset % 4 === 0) dst.set(new Float32Array(src.buffer, src.byteOffset, n));
+  else dst.set(new Float32Array(src.slice(0, 4 * n).buffer));
+}
+function encodeF32(x: Float32Array, out: Uint8Array): void {
+  out.set(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+}
+function decodeF16(src: Uint8Array, dst: Float32Array, n: number): void {
+  const lut = f16Lut();
+  for (let i = 0; i < n; i++) dst[i] = lut[src[2 * i] | (src[2 * i + 1] << 8)];
+}
+function encodeF16(x: Float32Array, out: Uint8Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const h = f32ToF16(x[i]);
+    out[2 * i] = h & 0xff;
+    out[2 * i + 1] = h >>> 8;
+  }
+}
+function decodeBF16(src: Uint8Array, dst: Float32Array, n: number): void {
+  const u = new Uint32Array(dst.buffer, dst.byteOffset, n);
+  for (let i = 0; i < n; i++) u[i] = (src[2 * i] | (src[2 * i + 1] << 8)) << 16;
+}
+function encodeBF16(x: Float32Array, out: Uint8Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const h = f32ToBF16(x[i]);
+    out[2 * i] = h & 0xff;
+    out[2 * i + 1] = h >>> 8;
+  }
+}
+
+/** Decode `nBlocks` blocks from the start of `src` into the start of `dst`. */
+export type BlockDecoder = (src: Uint8Array, dst: Float32Array, nBlocks: number) => void;
+/** Encode all of `x` (a whole number of blocks) into the start of `out`. */
+export type BlockEncoder = (x: Float32Array, out: Uint8Array) => void;
 
 export interface GGMLTypeInfo {
   name: string;
@@ -12,30 +79,50 @@ export interface GGMLTypeInfo {
   blockSize: number;
   /** Bytes per block. */
   typeSize: number;
+  /** ggml's to_float, bit for bit; absent for types this runtime cannot read. */
+  dequantize?: BlockDecoder;
+  /** ggml's reference quantizer (llama-quantize without an importance matrix), byte for byte. */
+  quantize?: BlockEncoder;
 }
 
-/** Block layout of every type in the GGMLType enum (sizes as in ggml.c's type_traits). */
+const row = (
+  name: string,
+  blockSize: number,
+  typeSize: number,
+  dequantize?: BlockDecoder,
+  quantize?: BlockEncoder,
+) => ({
+  name,
+  blockSize,
+  typeSize,
+  dequantize,
+  quantize,
+});
+
+/** Every type in the GGMLType enum: name, block, bytes per block (as ggml.c's type_traits) and codecs. */
 export const GGML_TYPES: Readonly<Record<GGMLType, GGMLTypeInfo>> = {
-  [GGMLType.F32]: { name: "F32", blockSize: 1, typeSize: 4 },
-  [GGMLType.F16]: { name: "F16", blockSize: 1, typeSize: 2 },
-  [GGMLType.Q4_0]: { name: "Q4_0", blockSize: 32, typeSize: 18 },
-  [GGMLType.Q4_1]: { name: "Q4_1", blockSize: 32, typeSize: 20 },
-  [GGMLType.Q5_0]: { name: "Q5_0", blockSize: 32, typeSize: 22 },
-  [GGMLType.Q5_1]: { name: "Q5_1", blockSize: 32, typeSize: 24 },
-  [GGMLType.Q8_0]: { name: "Q8_0", blockSize: 32, typeSize: 34 },
-  [GGMLType.Q8_1]: { name: "Q8_1", blockSize: 32, typeSize: 36 },
-  [GGMLType.Q2_K]: { name: "Q2_K", blockSize: 256, typeSize: 84 },
-  [GGMLType.Q3_K]: { name: "Q3_K", blockSize: 256, typeSize: 110 },
-  [GGMLType.Q4_K]: { name: "Q4_K", blockSize: 256, typeSize: 144 },
-  [GGMLType.Q5_K]: { name: "Q5_K", blockSize: 256, typeSize: 176 },
-  [GGMLType.Q6_K]: { name: "Q6_K", blockSize: 256, typeSize: 210 },
-  [GGMLType.Q8_K]: { name: "Q8_K", blockSize: 256, typeSize: 292 },
-  [GGMLType.I8]: { name: "I8", blockSize: 1, typeSize: 1 },
-  [GGMLType.I16]: { name: "I16", blockSize: 1, typeSize: 2 },
-  [GGMLType.I32]: { name: "I32", blockSize: 1, typeSize: 4 },
-  [GGMLType.I64]: { name: "I64", blockSize: 1, typeSize: 8 },
-  [GGMLType.F64]: { name: "F64", blockSize: 1, typeSize: 8 },
-  [GGMLType.BF16]: { name: "BF16", blockSize: 1, typeSize: 2 },
+  [GGMLType.F32]: row("F32", 1, 4, decodeF32, encodeF32),
+  [GGMLType.F16]: row("F16", 1, 2, decodeF16, encodeF16),
+  [GGMLType.BF16]: row("BF16", 1, 2, decodeBF16, encodeBF16),
+  [GGMLType.Q4_0]: row("Q4_0", 32, 18, dequantQ4_0, quantQ4_0),
+  [GGMLType.Q4_1]: row("Q4_1", 32, 20, dequantQ4_1, quantQ4_1),
+  [GGMLType.Q5_0]: row("Q5_0", 32, 22, dequantQ5_0, quantQ5_0),
+  [GGMLType.Q5_1]: row("Q5_1", 32, 24, dequantQ5_1, quantQ5_1),
+  [GGMLType.Q8_0]: row("Q8_0", 32, 34, dequantQ8_0, quantQ8_0),
+  [GGMLType.Q8_1]: row("Q8_1", 32, 36, dequantQ8_1, quantQ8_1), // activations (Q4_1/Q5_1 dot products)
+  [GGMLType.Q2_K]: row("Q2_K", 256, 84, dequantQ2_K, quantQ2_K),
+  [GGMLType.Q3_K]: row("Q3_K", 256, 110, dequantQ3_K, quantQ3_K),
+  [GGMLType.Q4_K]: row("Q4_K", 256, 144, dequantQ4_K, quantQ4_K),
+  [GGMLType.Q5_K]: row("Q5_K", 256, 176, dequantQ5_K, quantQ5_K),
+  [GGMLType.Q6_K]: row("Q6_K", 256, 210, dequantQ6_K, quantQ6_K),
+  [GGMLType.Q8_K]: row("Q8_K", 256, 292, dequantQ8_K, quantQ8_K), // activations (K-quant dot products)
+  [GGMLType.IQ4_NL]: row("IQ4_NL", 32, 18, dequantIQ4_NL, quantIQ4_NL),
+  [GGMLType.IQ4_XS]: row("IQ4_XS", 256, 136, dequantIQ4_XS, quantIQ4_XS),
+  [GGMLType.I8]: row("I8", 1, 1),
+  [GGMLType.I16]: row("I16", 1, 2),
+  [GGMLType.I32]: row("I32", 1, 4),
+  [GGMLType.I64]: row("I64", 1, 8),
+  [GGMLType.F64]: row("F64", 1, 8),
 };
 
 /** The layout of a type id, or undefined for ids this runtime does not know. */
@@ -83,36 +170,12 @@ export function tensorByteSize(type: GGMLType, shape: readonly number[]): number
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// bfloat16 conversions (IEEE half: f16.ts)
+// Dequantization and quantization through the table
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** bfloat16 bits -> number. */
-export function bf16ToF32(h: number): number {
-  u32Scratch[0] = (h & 0xffff) << 16;
-  return f32Scratch[0];
+/** Names of the types `dequantize` reads, for error messages. */
+function supportedNames(): string {
+  return Object.values(GGML_TYPES).filter((t) => t.dequantize).map((t) => t.name).join(", ");
 }
-
-/** number -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN), as ggml's fp32_to_bf16. */
-export function f32ToBF16(x: number): number {
-  f32Scratch[0] = x;
-  const b = u32Scratch[0];
-  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
-}
-
-let f16Table: Float32Array | undefined;
-function f16Lut(): Float32Array {
-  if (!f16Table) {
-    f16Table = new Float32Array(65536);
-    for (let i = 0; i < 65536; i++) f16Table[i] = f16ToF32(i);
-  }
-  return f16Table;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Dequantization
 
 /** Decode `n` elements of `type` from `bytes` (row-major, blocks of the innermost dim) to float32. */
 export function dequantize(type: GGMLType, bytes: Uint8Array, n: number): Float32Array {
@@ -122,153 +185,45 @@ export function dequantize(type: GGMLType, bytes: Uint8Array, n: number): Float3
       `dequantize ${ggmlTypeName(type)}: ${n} elements need ${need} bytes, got ${bytes.byteLength}`,
     );
   }
-  const out = new Float32Array(n);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, need);
-  switch (type) {
-    case GGMLType.F32: {
-      if (bytes.byteOffset % 4 === 0) out.set(new Float32Array(bytes.buffer, bytes.byteOffset, n));
-      else for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
-      return out;
-    }
-    case GGMLType.F16: {
-      const lut = f16Lut();
-      for (let i = 0; i < n; i++) out[i] = lut[bytes[2 * i] | (bytes[2 * i + 1] << 8)];
-      return out;
-    }
-    case GGMLType.BF16: {
-      const u = new Uint32Array(out.buffer);
-      for (let i = 0; i < n; i++) u[i] = (bytes[2 * i] | (bytes[2 * i + 1] << 8)) << 16;
-      return out;
-    }
-    case GGMLType.Q8_0: {
-      const lut = f16Lut();
-      const nb = n / 32;
-      for (let b = 0; b < nb; b++) {
-        const o = b * 34;
-        const d = lut[bytes[o] | (bytes[o + 1] << 8)];
-        for (let j = 0; j < 32; j++) out[b * 32 + j] = ((bytes[o + 2 + j] << 24) >> 24) * d;
-      }
-      return out;
-    }
-    case GGMLType.Q4_0: {
-      const lut = f16Lut();
-      const nb = n / 32;
-      for (let b = 0; b < nb; b++) {
-        const o = b * 18;
-        const d = lut[bytes[o] | (bytes[o + 1] << 8)];
-        const base = b * 32;
-        for (let j = 0; j < 16; j++) {
-          const q = bytes[o + 2 + j];
-          out[base + j] = ((q & 0x0f) - 8) * d;
-          out[base + j + 16] = ((q >>> 4) - 8) * d;
-        }
-      }
-      return out;
-    }
-    default:
-      throw new ModelFormatError(
-        `dequantize: tensor type ${
-          ggmlTypeName(type)
-        } is not supported (supported: F32, F16, BF16, Q8_0, Q4_0)`,
-      );
+  const info = GGML_TYPES[type];
+  if (!info.dequantize) {
+    throw new ModelFormatError(
+      `dequantize: tensor type ${info.name} is not supported (supported: ${supportedNames()})`,
+    );
   }
+  const out = new Float32Array(n);
+  info.dequantize(bytes, out, n / info.blockSize);
+  return out;
 }
 
-/** Whether `dequantize` / `quantize` handle `type`. */
+/** Whether `dequantize` reads `type`. */
 export function isSupportedType(type: number): boolean {
-  return type === GGMLType.F32 || type === GGMLType.F16 || type === GGMLType.BF16 ||
-    type === GGMLType.Q8_0 || type === GGMLType.Q4_0;
+  return ggmlTypeInfo(type)?.dequantize !== undefined;
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Quantization (ggml reference rounding)
-
-function checkBlocks(name: string, n: number): void {
-  if (n % 32 !== 0) throw new RangeError(`${name}: length ${n} is not a multiple of 32`);
+/** Whether `quantize` writes `type`. */
+export function canQuantize(type: number): boolean {
+  return ggmlTypeInfo(type)?.quantize !== undefined;
 }
 
-/** Round half away from zero (C roundf). */
-function roundf(x: number): number {
-  return x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5);
+/** Encode float32 values as `type` with ggml's reference quantizer; `x.length` must fill whole blocks. */
+export function quantize(type: GGMLType, x: Float32Array): Uint8Array {
+  const info = infoOrThrow(type);
+  if (!info.quantize) throw new ModelFormatError(`quantize: tensor type ${info.name} is not supported`);
+  if (x.length % info.blockSize !== 0) {
+    throw new RangeError(`quantize ${info.name}: length ${x.length} is not a multiple of ${info.blockSize}`);
+  }
+  const out = new Uint8Array((x.length / info.blockSize) * info.typeSize);
+  info.quantize(x, out);
+  return out;
 }
 
 /** ggml quantize_row_q8_0_ref: d = amax/127, q = roundf(x * (1/d)). */
 export function quantizeQ8_0(x: Float32Array): Uint8Array {
-  checkBlocks("quantizeQ8_0", x.length);
-  const nb = x.length / 32;
-  const out = new Uint8Array(nb * 34);
-  const fr = Math.fround;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32;
-    let amax = 0;
-    for (let j = 0; j < 32; j++) {
-      const v = Math.abs(x[base + j]);
-      if (v > amax) amax = v;
-    }
-    const d = fr(amax / 127);
-    const id = d ? fr(1 / d) : 0;
-    const h = f32ToF16(d);
-    const o = b * 34;
-    out[o] = h & 0xff;
-    out[o + 1] = h >>> 8;
-    for (let j = 0; j < 32; j++) out[o + 2 + j] = roundf(fr(x[base + j] * id)) & 0xff;
-  }
-  return out;
+  return quantize(GGMLType.Q8_0, x);
 }
 
 /** ggml quantize_row_q4_0_ref: d = max/-8 (max = signed value of largest magnitude), q = min(15, trunc(x/d + 8.5)). */
 export function quantizeQ4_0(x: Float32Array): Uint8Array {
-  checkBlocks("quantizeQ4_0", x.length);
-  const nb = x.length / 32;
-  const out = new Uint8Array(nb * 18);
-  const fr = Math.fround;
-  for (let b = 0; b < nb; b++) {
-    const base = b * 32;
-    let amax = 0, max = 0;
-    for (let j = 0; j < 32; j++) {
-      const v = x[base + j];
-      if (amax < Math.abs(v)) {
-        amax = Math.abs(v);
-        max = v;
-      }
-    }
-    const d = fr(max / -8);
-    const id = d ? fr(1 / d) : 0;
-    const h = f32ToF16(d);
-    const o = b * 18;
-    out[o] = h & 0xff;
-    out[o + 1] = h >>> 8;
-    for (let j = 0; j < 16; j++) {
-      const x0 = fr(fr(x[base + j] * id) + 8.5);
-      const x1 = fr(fr(x[base + 16 + j] * id) + 8.5);
-      const q0 = Math.min(15, Math.trunc(x0));
-      const q1 = Math.min(15, Math.trunc(x1));
-      out[o + 2 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
-    }
-  }
-  return out;
-}
-
-/** Encode float32 values as `type` (F32, F16, BF16, Q8_0, Q4_0). */
-export function quantize(type: GGMLType, x: Float32Array): Uint8Array {
-  switch (type) {
-    case GGMLType.F32:
-      return new Uint8Array(x.slice().buffer);
-    case GGMLType.F16: {
-      const out = new Uint16Array(x.length);
-      for (let i = 0; i < x.length; i++) out[i] = f32ToF16(x[i]);
-      return new Uint8Array(out.buffer);
-    }
-    case GGMLType.BF16: {
-      const out = new Uint16Array(x.length);
-      for (let i = 0; i < x.length; i++) out[i] = f32ToBF16(x[i]);
-      return new Uint8Array(out.buffer);
-    }
-    case GGMLType.Q8_0:
-      return quantizeQ8_0(x);
-    case GGMLType.Q4_0:
-      return quantizeQ4_0(x);
-    default:
-      throw new ModelFormatError(`quantize: tensor type ${ggmlTypeName(type)} is not supported`);
-  }
+  return quantize(GGMLType.Q4_0, x);
 }

@@ -254,6 +254,11 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     where: "tests/support/conformance.ts",
     doc: "set: the backend conformance suite prints each check's worst deviation as a share of its tolerance",
   },
+  {
+    env: "LETHE_FIXTURES_DIR",
+    where: "tests/",
+    doc: "the reference fixtures the tests compare with, e.g. `kquant/` (default `../shared/fixtures`)",
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------------------
