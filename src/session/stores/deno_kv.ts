@@ -23,6 +23,7 @@ import {
   DEFAULT_DENO_KV_PATH,
   headOf,
   newToken,
+  SessionCorruptError,
   type SessionHead,
   type SessionRecord,
   type SessionStore,
@@ -169,13 +170,13 @@ export class DenoKvSessionStore implements SessionStore {
       let off = 0;
       for (const p of parts) {
         if (off + p.length > blob.length) {
-          throw new SessionStoreError(`session ${id}: chunks exceed recorded size`);
+          throw new SessionCorruptError(`session ${id}: chunks exceed recorded size`);
         }
         blob.set(p, off);
         off += p.length;
       }
       if (off !== hv.size || crc32(blob) !== hv.crc) {
-        throw new SessionStoreError(`session ${id} version ${hv.head.version}: stored blob is corrupt`);
+        throw new SessionCorruptError(`session ${id} version ${hv.head.version}: stored blob is corrupt`);
       }
       return { ...hv.head, blob };
     }
