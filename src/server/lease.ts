@@ -45,7 +45,9 @@ export class Lease {
   ): Promise<Lease | null> {
     const sentAt = performance.now();
     const token = await deps.metrics.timeStore("lease", () => store.acquireLease(id, ttlMs));
-    return token ? new Lease(store, id, token, ttlMs, deps.metrics, deps.log, deps.held, sentAt) : null;
+    if (!token) return null;
+    deps.log.debug({ session: id }, "session lease taken");
+    return new Lease(store, id, token, ttlMs, deps.metrics, deps.log, deps.held, sentAt);
   }
 
   /** Aborts when the lease can no longer be trusted (see the module comment). */
@@ -92,6 +94,8 @@ export class Lease {
     this.#released = true;
     clearInterval(this.#timer);
     this.held.delete(this);
+    // Logged before the store lets go, so the log's holding intervals of one session never overlap.
+    this.log.debug({ session: this.id }, "session lease given up");
     await this.metrics.timeStore("lease", () => this.store.releaseLease(this.id, this.token)).catch((e) =>
       this.log.warn({ err: String(e), session: this.id }, "lease release failed")
     );
