@@ -88,7 +88,11 @@ export class Lease {
     this.#lost.abort();
   }
 
-  /** Give the lease up (idempotent; safe after `lost`: the store only deletes it for this token). */
+  /**
+   * Give the lease up (idempotent; safe after `lost`: the store only deletes it for this token). If the store
+   * refuses (unreachable, full), retry in the background until the lease would have expired anyway, so the
+   * session is free as soon as the store is back rather than after the lease time.
+   */
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
@@ -96,8 +100,18 @@ export class Lease {
     this.held.delete(this);
     // Logged before the store lets go, so the log's holding intervals of one session never overlap.
     this.log.debug({ session: this.id }, "session lease given up");
-    await this.metrics.timeStore("lease", () => this.store.releaseLease(this.id, this.token)).catch((e) =>
-      this.log.warn({ err: String(e), session: this.id }, "lease release failed")
-    );
+    await this.#giveUp(performance.now() + this.ttlMs);
+  }
+
+  async #giveUp(until: number): Promise<void> {
+    try {
+      await this.metrics.timeStore("lease", () => this.store.releaseLease(this.id, this.token));
+    } catch (e) {
+      this.log.warn({ err: String(e), session: this.id }, "lease release failed");
+      const retryMs = Math.max(50, this.ttlMs / 10);
+      if (performance.now() + retryMs < until) {
+        Deno.unrefTimer(setTimeout(() => void this.#giveUp(until), retryMs));
+      }
+    }
   }
 }
