@@ -264,6 +264,20 @@ async function suite(t: Deno.TestContext, h: Harness): Promise<void> {
     }
   });
 
+  await t.step("a release is not lost to the holder's own renewal running at the same time", async () => {
+    const other = await h.second();
+    try {
+      for (let i = 0; i < 20; i++) {
+        const a = (await store.acquireLease(`RR${i}`, 10_000))!;
+        await Promise.all([store.renewLease(`RR${i}`, a, 10_000), store.releaseLease(`RR${i}`, a)]);
+        const b = await other.acquireLease(`RR${i}`, 10_000);
+        assert.ok(b, `round ${i}: the lease was given up`);
+      }
+    } finally {
+      if (other !== store) await other.close();
+    }
+  });
+
   await t.step("delete removes the record and all its data", async () => {
     assert.equal(await store.put(rec("del", 1, blobOf(11, 700_000)), 0), true);
     assert.equal(await store.put(rec("del", 2, blobOf(12, 650_000)), 1), true);

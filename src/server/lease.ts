@@ -18,7 +18,8 @@ export class Lease {
   readonly #lost = new AbortController();
   readonly #timer: ReturnType<typeof setInterval>;
   #confirmedAt: number;
-  #renewing = false;
+  /** The renewal in flight, if any (a release waits for it). */
+  #renewing: Promise<void> | null = null;
   #released = false;
 
   private constructor(
@@ -64,7 +65,11 @@ export class Lease {
   async #beat(): Promise<void> {
     if (!this.valid) return this.#lose("no renewal was confirmed within the lease time");
     if (this.#renewing) return;
-    this.#renewing = true;
+    this.#renewing = this.#renew().finally(() => this.#renewing = null);
+    await this.#renewing;
+  }
+
+  async #renew(): Promise<void> {
     const sentAt = performance.now();
     try {
       const ok = await this.metrics.timeStore(
@@ -72,12 +77,10 @@ export class Lease {
         () => this.store.renewLease(this.id, this.token, this.ttlMs),
       );
       if (ok) this.#confirmedAt = Math.max(this.#confirmedAt, sentAt);
-      else this.#lose("the store refused the renewal (the lease expired)");
+      else if (!this.#released) this.#lose("the store refused the renewal (the lease expired)");
     } catch (e) {
       // Keep trying until the lease time runs out.
       this.log.warn({ session: this.id, err: String(e) }, "session lease renewal failed");
-    } finally {
-      this.#renewing = false;
     }
   }
 
@@ -100,6 +103,7 @@ export class Lease {
     this.held.delete(this);
     // Logged before the store lets go, so the log's holding intervals of one session never overlap.
     this.log.debug({ session: this.id }, "session lease given up");
+    await this.#renewing; // never race the holder's own renewal
     await this.#giveUp(performance.now() + this.ttlMs);
   }
 

@@ -338,9 +338,13 @@ export class DenoKvSessionStore implements SessionStore {
   async releaseLease(id: string, token: string): Promise<void> {
     checkId(id);
     const key = [ROOT, "lease", id];
-    const cur = await busy(() => this.#kv.get<Lease>(key));
-    if (cur.value?.token !== token) return;
-    await busy(() => this.#kv.atomic().check(cur).delete(key).commit());
+    // Retried while the entry changes underneath (the holder's own renewal committing at the same moment):
+    // a release that lost that race would otherwise leave the session locked until the lease ran out.
+    for (;;) {
+      const cur = await busy(() => this.#kv.get<Lease>(key));
+      if (cur.value?.token !== token) return;
+      if ((await busy(() => this.#kv.atomic().check(cur).delete(key).commit())).ok) return;
+    }
   }
 
   /** Entry counts by kind (heads, chunks, gc markers, leases): for metrics and tests. */
