@@ -12,21 +12,11 @@ import assert from "node:assert/strict";
 import { Client } from "../src/client/http.ts";
 import { startServerProcess } from "../src/client/server_process.ts";
 import { startRedis } from "./support/redis.ts";
+import { Rng } from "./fuzz/gen.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 const POLICY = { name: "lethe", mode: "fixed", budget: 40, slack: 8 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Seeded generator (mulberry32): the same delays every run. */
-function rng(seed: number): () => number {
-  let a = seed | 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** [taken, given up] times of `session`'s leases in a server's JSON log. */
 async function leaseIntervals(logPath: string, session: string): Promise<[number, number][]> {
@@ -68,13 +58,13 @@ Deno.test(
       const statuses: Record<string, number> = {};
       const okBy = { a: 0, b: 0 };
       let maxTokens = 0;
-      const random = rng(7);
+      const random = new Rng(7);
       // Four clients, two per instance, each until it committed 3 turns (retrying at random short intervals).
       await Promise.all([0, 1, 2, 3].map(async (k) => {
         const [c, name] = k % 2 ? [cb, "b" as const] : [ca, "a" as const];
         for (let i = 0, mine = 0; mine < 3; i++) {
           assert.ok(i < 300, "starved");
-          await sleep(random() * 20);
+          await sleep(random.next() * 20);
           const r = await c.post("/v1/completions", body(` And then ${k}.${i}`));
           const key = r.status === 200 ? "200" : `${r.status} ${r.json?.error?.code}`;
           statuses[key] = (statuses[key] ?? 0) + 1;
