@@ -210,7 +210,11 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         peakMb: Math.max(...samples.map((s) => s.mb)),
       };
     }
-    const first = warm[0], last = warm[warm.length - 1];
+    // Drift compares whole windows: a last window cut short by the end of the run is skipped.
+    const full = warm.filter((w, i) =>
+      i === 0 || i < warm.length - 1 || w.requests >= warm[i - 1].requests / 2
+    );
+    const first = full[0], last = full[full.length - 1];
     const report: SoakReport = {
       minutes: o.minutes,
       concurrency: { sessionVus: o.sessionVus, streamVus: o.streamVus, total: o.sessionVus + o.streamVus },
