@@ -257,6 +257,11 @@ function paths(v: Json, limit = 2000): (string | number)[][] {
   return out;
 }
 
+/** Set an own property, as JSON.parse makes it (a "__proto__" key included, which plain assignment refuses). */
+function set(o: Record<string | number, unknown>, k: string | number, v: unknown): void {
+  Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
+}
+
 /** A structure-aware mutation of a copy of `doc`: at a random path, replace, drop, wrap or retype the value. */
 export function mutateJson(r: Rng, doc: Json, paths_?: (string | number)[][]): Json {
   const root = structuredClone(doc);
@@ -275,21 +280,25 @@ export function mutateJson(r: Rng, doc: Json, paths_?: (string | number)[][]): J
         else delete parent[k];
         break;
       case 1:
-        parent[k] = [cur];
+        set(parent, k, [cur]);
         break;
       case 2: // the same kind of value, but adversarial
-        parent[k] = typeof cur === "number"
-          ? r.pick(HARD_NUMBERS)
-          : typeof cur === "string"
-          ? r.pick(HARD_STRINGS)
-          : hardValue(r);
+        set(
+          parent,
+          k,
+          typeof cur === "number"
+            ? r.pick(HARD_NUMBERS)
+            : typeof cur === "string"
+            ? r.pick(HARD_STRINGS)
+            : hardValue(r),
+        );
         break;
       case 3: // a sibling duplicated or an unknown key added
-        if (Array.isArray(parent)) parent.push(structuredClone(cur));
-        else parent[r.pick(HARD_STRINGS) || "extra"] = hardValue(r);
+        if (Array.isArray(parent)) parent.push(cur); // shared, not cloned: it may be nested too deep to clone
+        else set(parent, r.pick(HARD_STRINGS) || "extra", hardValue(r));
         break;
       default:
-        parent[k] = hardValue(r);
+        set(parent, k, hardValue(r));
     }
   }
   return root;
