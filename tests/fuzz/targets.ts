@@ -523,7 +523,7 @@ const http: Target<HttpCtx, HttpCase> = {
         `${session}%2F..`,
         "sess_%00",
         "x".repeat(300),
-        encodeURIComponent(JSON.stringify(hardValue(r)) ?? ""),
+        encodeURIComponent(JSON.stringify(hardValue(r)) ?? "").slice(0, 2000), // longer: no client can send it
       ]);
       return { method: r.pick(["GET", "DELETE", "PUT"]), path: `/v1/sessions/${id}`, headers: {} };
     }
