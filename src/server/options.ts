@@ -235,7 +235,8 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
   {
     env: "LETHE_CPU_ARCH",
     where: "native/build.ts",
-    doc: "`-march` of the CPU library (default `native`; the Dockerfile builds `x86-64-v3` so the image runs on any AVX2 machine)",
+    doc:
+      "`-march` of the CPU library (default `native`; the Dockerfile builds `x86-64-v3` so the image runs on any AVX2 machine)",
   },
   {
     env: "LETHE_CUDA_ARCH",
