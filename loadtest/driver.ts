@@ -77,6 +77,8 @@ export interface LoadOptions {
   requestTimeout?: string | number;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /** Return every trend's raw samples too (`Summary.samples`), e.g. to pool several runs. */
+  keepSamples?: boolean;
 }
 
 export type { TrendStats };
@@ -96,6 +98,8 @@ export interface Summary {
   iterations: { complete: number; interrupted: number };
   requests: number;
   failures: number;
+  /** Failed requests by "status error-code". */
+  failuresBy: Record<string, number>;
   failedRate: number;
   checks: Record<string, { pass: number; fail: number }>;
   checksRate: number;
@@ -107,6 +111,8 @@ export interface Summary {
   trends: Record<string, TrendStats>;
   thresholds: ThresholdResult[];
   ok: boolean;
+  /** With `keepSamples`: the raw samples of every trend (ms for latencies). */
+  samples?: Record<string, number[]>;
 }
 
 const LOOPBACK_NAMES = new Set(["localhost", "::1", "[::1]"]);
@@ -165,6 +171,8 @@ function durationMs(name: string, v: string | number | undefined, fallback: stri
 class Recorder {
   requests = 0;
   failed = 0;
+  /** Failed requests by "status error-code" (status 0: a network error or timeout). */
+  failedBy: Record<string, number> = {};
   trends = new Map<string, number[]>();
   counters = new Map<string, number>();
   checks = new Map<string, { pass: number; fail: number }>();
@@ -243,7 +251,15 @@ class Client {
       ) as View;
     }
     this.rec.requests++;
-    if (view.status < 200 || view.status >= 400) this.rec.failed++;
+    if (view.status < 200 || view.status >= 400) {
+      this.rec.failed++;
+      let code = view.headers["x-driver-error"] ?? "";
+      try {
+        code ||= JSON.parse(view.body)?.error?.code ?? "";
+      } catch { /* not JSON */ }
+      const key = `${view.status} ${code}`.trim();
+      this.rec.failedBy[key] = (this.rec.failedBy[key] ?? 0) + 1;
+    }
     this.rec.add("http_req_duration", performance.now() - t0);
     return view;
   }
@@ -527,6 +543,7 @@ export async function runLoad(o: LoadOptions): Promise<Summary> {
     iterations: { complete, interrupted },
     requests: rec.requests,
     failures: rec.failed,
+    failuresBy: rec.failedBy,
     failedRate,
     checks: Object.fromEntries(rec.checks),
     checksRate,
@@ -537,6 +554,7 @@ export async function runLoad(o: LoadOptions): Promise<Summary> {
     trends,
     thresholds: thr,
     ok: thr.every((t) => t.ok),
+    ...(o.keepSamples ? { samples: Object.fromEntries(rec.trends) } : {}),
   };
 }
 

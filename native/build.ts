@@ -1,6 +1,6 @@
 /**
  * Builds the native libraries into native/build/:
- * - liblethe_cpu.so from native/cpu/*.cpp with g++ (-O3 -march=native -fopenmp -shared -fPIC);
+ * - liblethe_cpu.so from native/cpu/*.cpp with g++ (-O3 -march=native, or $LETHE_CPU_ARCH, -fopenmp -shared -fPIC);
  * - liblethe_cuda.so from native/cuda/*.cu with nvcc, when nvcc and CUDA sources exist.
  * Both link native/common/*.cpp (the shared half of the ABI: last error, argument validation).
  *
@@ -108,7 +108,9 @@ export async function buildNative(opts: { force?: boolean; cpuOnly?: boolean } =
       message: "warning: g++ not found; native CPU backend not built (the auto backend falls back)",
     });
   } else {
-    const flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wall"];
+    // -march=native for the machine that runs it; an image built for others names a portable level.
+    const march = Deno.env.get("LETHE_CPU_ARCH") || "native";
+    const flags = ["-O3", `-march=${march}`, "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wall"];
     results.push(await compile("cpu", "g++", cpuSources, cpuDeps, flags, CPU_LIB, opts.force ?? false));
   }
   if (opts.cpuOnly) return results;

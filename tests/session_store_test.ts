@@ -9,7 +9,8 @@ import { decodeSnapshot, encodeSnapshot } from "../src/session/codec.ts";
 import { openStore, type SessionRecord, type SessionStore } from "../src/session/store.ts";
 import { DenoKvSessionStore } from "../src/session/stores/deno_kv.ts";
 import { MemorySessionStore } from "../src/session/stores/memory.ts";
-import { RedisSessionStore } from "../src/session/stores/redis.ts";
+import { COMMIT_SCRIPT, RedisSessionStore } from "../src/session/stores/redis.ts";
+import { Redis } from "ioredis";
 import { freePort } from "../src/client/net.ts";
 import { startRedis } from "./support/redis.ts";
 
@@ -263,6 +264,20 @@ async function suite(t: Deno.TestContext, h: Harness): Promise<void> {
     }
   });
 
+  await t.step("a release is not lost to the holder's own renewal running at the same time", async () => {
+    const other = await h.second();
+    try {
+      for (let i = 0; i < 20; i++) {
+        const a = (await store.acquireLease(`RR${i}`, 10_000))!;
+        await Promise.all([store.renewLease(`RR${i}`, a, 10_000), store.releaseLease(`RR${i}`, a)]);
+        const b = await other.acquireLease(`RR${i}`, 10_000);
+        assert.ok(b, `round ${i}: the lease was given up`);
+      }
+    } finally {
+      if (other !== store) await other.close();
+    }
+  });
+
   await t.step("delete removes the record and all its data", async () => {
     assert.equal(await store.put(rec("del", 1, blobOf(11, 700_000)), 0), true);
     assert.equal(await store.put(rec("del", 2, blobOf(12, 650_000)), 1), true);
@@ -373,6 +388,25 @@ Deno.test({
         collectOrphans: () => new Promise((r) => setTimeout(r, stagingTtlMs + 300)),
         close: () => store.close(),
       });
+      await t.step(
+        "a commit run twice (its reply lost, the command resent) keeps the blob it committed",
+        async () => {
+          assert.equal(await store.put(rec("twice", 1, blobOf(31, 1000)), 0), true);
+          const raw = new Redis(server.url);
+          try {
+            const head = "lethe:sess:{twice}:head", blob = "lethe:sess:{twice}:blob:2:resent";
+            await raw.set(blob, "v2-bytes");
+            const commit = () =>
+              raw.eval(COMMIT_SCRIPT, 2, head, blob, "1", "2", JSON.stringify({ version: 2 }));
+            assert.equal(await commit(), 1);
+            assert.equal(await commit(), 1, "the second run reports the commit it already made");
+            assert.equal(await raw.get(blob), "v2-bytes", "and does not delete the live blob");
+            assert.equal(await raw.hget(head, "blob"), blob);
+          } finally {
+            await raw.quit();
+          }
+        },
+      );
       await t.step("openStore(redis://…) and a clear error when Redis is unreachable", async () => {
         const s = await openStore(server.url);
         assert.equal(s.kind, "redis");

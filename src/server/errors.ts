@@ -3,6 +3,7 @@
  * knows nothing of HTTP; `http/errors.ts` maps each kind to a status and the OpenAI error body, once, at the
  * edge.
  */
+import { SessionCorruptError } from "../session/store.ts";
 
 /** What went wrong, in the service's terms (each kind has exactly one HTTP mapping). */
 export type ErrorKind =
@@ -48,8 +49,8 @@ export const unauthenticated = (message: string) =>
 export const rateLimited = (message: string, retryAfterSec: number, code: string) =>
   new ServiceError("rate_limited", message, null, code, retryAfterSec);
 
-export const unavailable = (message: string, code = "not_ready") =>
-  new ServiceError("unavailable", message, null, code, 5);
+export const unavailable = (message: string, code = "not_ready", retryAfterSec = 5) =>
+  new ServiceError("unavailable", message, null, code, retryAfterSec);
 
 export const shuttingDown = () => unavailable("The server is shutting down.", "shutting_down");
 
@@ -71,3 +72,22 @@ export const sessionBusy = (id: string) =>
     "session_id",
     "session_busy",
   );
+
+/**
+ * A session store operation failed: a damaged record is `internal` (`session_corrupted`: retrying will not
+ * help); anything else (unreachable, full, erroring) is `unavailable` with a short Retry-After — the request
+ * changed nothing that a retry could trip over, because stores commit atomically. The store's own message
+ * (hosts, paths) stays in the log.
+ */
+export function storeFailure(err: unknown): ServiceError {
+  if (err instanceof ServiceError) return err;
+  if (err instanceof SessionCorruptError) {
+    return internal("The session is damaged in the store.", "session_id", "session_corrupted");
+  }
+  if (
+    /disk is full|no space left|SQLITE_FULL|quota|file too large|OOM command not allowed/i.test(String(err))
+  ) {
+    return unavailable("The session store is out of space; retry later.", "store_full", 30);
+  }
+  return unavailable("The session store is unavailable; retry shortly.", "store_unavailable", 1);
+}

@@ -18,7 +18,8 @@ export class Lease {
   readonly #lost = new AbortController();
   readonly #timer: ReturnType<typeof setInterval>;
   #confirmedAt: number;
-  #renewing = false;
+  /** The renewal in flight, if any (a release waits for it). */
+  #renewing: Promise<void> | null = null;
   #released = false;
 
   private constructor(
@@ -45,7 +46,9 @@ export class Lease {
   ): Promise<Lease | null> {
     const sentAt = performance.now();
     const token = await deps.metrics.timeStore("lease", () => store.acquireLease(id, ttlMs));
-    return token ? new Lease(store, id, token, ttlMs, deps.metrics, deps.log, deps.held, sentAt) : null;
+    if (!token) return null;
+    deps.log.debug({ session: id }, "session lease taken");
+    return new Lease(store, id, token, ttlMs, deps.metrics, deps.log, deps.held, sentAt);
   }
 
   /** Aborts when the lease can no longer be trusted (see the module comment). */
@@ -62,7 +65,11 @@ export class Lease {
   async #beat(): Promise<void> {
     if (!this.valid) return this.#lose("no renewal was confirmed within the lease time");
     if (this.#renewing) return;
-    this.#renewing = true;
+    this.#renewing = this.#renew().finally(() => this.#renewing = null);
+    await this.#renewing;
+  }
+
+  async #renew(): Promise<void> {
     const sentAt = performance.now();
     try {
       const ok = await this.metrics.timeStore(
@@ -70,12 +77,10 @@ export class Lease {
         () => this.store.renewLease(this.id, this.token, this.ttlMs),
       );
       if (ok) this.#confirmedAt = Math.max(this.#confirmedAt, sentAt);
-      else this.#lose("the store refused the renewal (the lease expired)");
+      else if (!this.#released) this.#lose("the store refused the renewal (the lease expired)");
     } catch (e) {
       // Keep trying until the lease time runs out.
       this.log.warn({ session: this.id, err: String(e) }, "session lease renewal failed");
-    } finally {
-      this.#renewing = false;
     }
   }
 
@@ -86,14 +91,31 @@ export class Lease {
     this.#lost.abort();
   }
 
-  /** Give the lease up (idempotent; safe after `lost`: the store only deletes it for this token). */
+  /**
+   * Give the lease up (idempotent; safe after `lost`: the store only deletes it for this token). If the store
+   * refuses (unreachable, full), retry in the background until the lease would have expired anyway, so the
+   * session is free as soon as the store is back rather than after the lease time.
+   */
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
     clearInterval(this.#timer);
     this.held.delete(this);
-    await this.metrics.timeStore("lease", () => this.store.releaseLease(this.id, this.token)).catch((e) =>
-      this.log.warn({ err: String(e), session: this.id }, "lease release failed")
-    );
+    // Logged before the store lets go, so the log's holding intervals of one session never overlap.
+    this.log.debug({ session: this.id }, "session lease given up");
+    await this.#renewing; // never race the holder's own renewal
+    await this.#giveUp(performance.now() + this.ttlMs);
+  }
+
+  async #giveUp(until: number): Promise<void> {
+    try {
+      await this.metrics.timeStore("lease", () => this.store.releaseLease(this.id, this.token));
+    } catch (e) {
+      this.log.warn({ err: String(e), session: this.id }, "lease release failed");
+      const retryMs = Math.max(50, this.ttlMs / 10);
+      if (performance.now() + retryMs < until) {
+        Deno.unrefTimer(setTimeout(() => void this.#giveUp(until), retryMs));
+      }
+    }
   }
 }

@@ -15,6 +15,7 @@ export class Metrics {
   readonly kvBytes: client.Gauge<string>;
   readonly pruneRounds: client.Counter<string>;
   readonly storeSeconds: client.Histogram<"op">;
+  readonly storeErrors: client.Counter<"op">;
   readonly cacheRebuilds: client.Counter<"reason">;
 
   constructor() {
@@ -89,6 +90,12 @@ export class Metrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
+    this.storeErrors = new client.Counter({
+      name: "lethe_store_errors_total",
+      help: "Session store operations that failed (unreachable, full, erroring), by operation",
+      labelNames: ["op"],
+      registers,
+    });
     this.cacheRebuilds = new client.Counter({
       name: "lethe_session_cache_rebuilds_total",
       help:
@@ -103,6 +110,9 @@ export class Metrics {
     const end = this.storeSeconds.startTimer({ op });
     try {
       return await f();
+    } catch (e) {
+      this.storeErrors.inc({ op });
+      throw e;
     } finally {
       end();
     }

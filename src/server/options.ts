@@ -233,6 +233,12 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
       "`GOMP_SPINCOUNT=20000` so idle workers do not steal the core the server needs",
   },
   {
+    env: "LETHE_CPU_ARCH",
+    where: "native/build.ts",
+    doc:
+      "`-march` of the CPU library (default `native`; the Dockerfile builds `x86-64-v3` so the image runs on any AVX2 machine)",
+  },
+  {
     env: "LETHE_CUDA_ARCH",
     where: "native/build.ts",
     doc: "CUDA architectures to build for, e.g. `80,90` (default: every one from sm_75)",

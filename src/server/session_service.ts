@@ -25,7 +25,7 @@ import type { Backend } from "../engine/backend.ts";
 import type { Sequence } from "../engine/sequence.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { ChatMessage } from "./chat_prompt.ts";
-import { conflict, internal, invalid, notFound, sessionBusy } from "./errors.ts";
+import { conflict, internal, invalid, notFound, sessionBusy, storeFailure } from "./errors.ts";
 import { Lease } from "./lease.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
@@ -141,7 +141,7 @@ export class SessionService {
       updatedAt: now,
     };
     const id = newSessionId();
-    const ok = await this.metrics.timeStore(
+    const ok = await this.#store(
       "put",
       () => this.store.put(this.#record(id, meta, 1, new Uint8Array(0)), 0),
     );
@@ -167,7 +167,7 @@ export class SessionService {
   /** The record of `id` if it exists and belongs to `owner`; otherwise not_found (never revealing other keys' ids). */
   async #load(owner: string, id: string): Promise<{ rec: SessionRecord; meta: SessionMeta }> {
     this.checkId(id);
-    const rec = await this.metrics.timeStore("get", () => this.store.get(id));
+    const rec = await this.#store("get", () => this.store.get(id));
     const meta = rec?.info as unknown as SessionMeta | undefined;
     if (!rec || !meta || rec.owner !== owner || meta.owner !== owner) {
       throw notFound(`No session found with id '${id}'.`, "session_id", "session_not_found");
@@ -199,12 +199,25 @@ export class SessionService {
     };
   }
 
+  /** A store operation, timed; its failure becomes a service error (storeFailure: 503, or 500 if corrupt). */
+  #store<T>(op: string, f: () => Promise<T>, log: Logger = this.log): Promise<T> {
+    return this.metrics.timeStore(op, f).catch(this.#failed(op, log));
+  }
+
+  #failed(op: string, log: Logger): (e: unknown) => never {
+    return (e) => {
+      log.warn({ op, err: String(e) }, "session store operation failed");
+      throw storeFailure(e);
+    };
+  }
+
   #lease(id: string, log: Logger): Promise<Lease | null> {
     return Lease.acquire(this.store, id, this.opts.leaseMs, {
       metrics: this.metrics,
       log,
       held: this.#leases,
-    });
+    })
+      .catch(this.#failed("lease", log));
   }
 
   async delete(owner: string, id: string): Promise<void> {
@@ -212,7 +225,7 @@ export class SessionService {
     const lease = await this.#lease(id, this.log);
     if (!lease) throw sessionBusy(id);
     try {
-      await this.metrics.timeStore("delete", () => this.store.delete(id));
+      await this.#store("delete", () => this.store.delete(id));
     } finally {
       await lease.release();
     }
@@ -285,7 +298,7 @@ export class SessionService {
       updatedAt: Date.now(),
     };
     const rec = this.#record(slot.id, meta, slot.version + 1, blob);
-    const ok = await this.metrics.timeStore("put", () => this.store.put(rec, slot.version));
+    const ok = await this.#store("put", () => this.store.put(rec, slot.version));
     if (!ok) {
       throw conflict(
         `Session '${slot.id}' was changed by another writer during this turn; the turn was not saved.`,

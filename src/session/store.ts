@@ -66,6 +66,18 @@ export class SessionStoreError extends Error {
   }
 }
 
+/**
+ * A stored record is damaged (a blob that fails its size or checksum, a head that is not JSON or points to
+ * nothing): retrying will not help. Any other error of a store operation means the store is unreachable,
+ * full or failing for now.
+ */
+export class SessionCorruptError extends SessionStoreError {
+  constructor(message: string) {
+    super(message);
+    this.name = "SessionCorruptError";
+  }
+}
+
 export function checkId(id: string): void {
   if (typeof id !== "string" || !ID_RE.test(id)) {
     throw new TypeError(`session id must match ${ID_RE} (got ${JSON.stringify(id)?.slice(0, 60)})`);

@@ -25,6 +25,16 @@ function fail(msg: string): never {
   throw new Error(`tokenizer.json: ${msg}`);
 }
 
+/** A short rendering of any JSON value for an error message (never throws, never huge). */
+function show(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v.length > 60 ? v.slice(0, 60) + "…" : v);
+  if (v === null || typeof v !== "object") return String(v);
+  return Array.isArray(v) ? "an array" : "an object";
+}
+
+/** Ids beyond this many pieces plus slack are refused: a vocabulary is (nearly) dense, its tables are by id. */
+const MAX_ID_SLACK = 1 << 16;
+
 function isObj(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -34,7 +44,7 @@ function patternOf(p: unknown, where: string): string | RegExp {
   if (typeof p === "string") return p;
   if (isObj(p) && typeof p.String === "string") return p.String;
   if (isObj(p) && typeof p.Regex === "string") return new RegExp(p.Regex, "gu");
-  fail(`${where}: unsupported pattern ${JSON.stringify(p)}`);
+  fail(`${where}: unsupported pattern ${show(p)}`);
 }
 
 function replaceAll(s: string, pattern: string | RegExp, content: string): string {
@@ -79,7 +89,7 @@ function buildNormalizer(n: unknown): Normalizer {
       return (s) => (left && right ? s.trim() : left ? s.trimStart() : right ? s.trimEnd() : s);
     }
     default:
-      fail(`unsupported normalizer type ${JSON.stringify(n.type)}`);
+      fail(`unsupported normalizer type ${show(n.type)}`);
   }
 }
 
@@ -158,7 +168,7 @@ function buildPreTokenizer(p: unknown): PreTokenizer {
         : p.add_prefix_space === false
         ? "never"
         : "always";
-      if (!["first", "always", "never"].includes(scheme)) fail(`Metaspace prepend_scheme ${scheme}`);
+      if (!["first", "always", "never"].includes(scheme)) fail(`Metaspace prepend_scheme ${show(scheme)}`);
       const split = p.split !== false;
       return (words, first) => {
         const out: string[] = [];
@@ -196,12 +206,12 @@ function buildPreTokenizer(p: unknown): PreTokenizer {
       if (p.invert === true) fail("Split pre_tokenizer: invert is not supported");
       const behavior = p.behavior;
       if (!["Isolated", "Removed", "MergedWithPrevious", "MergedWithNext"].includes(behavior as string)) {
-        fail(`Split pre_tokenizer: unsupported behavior ${JSON.stringify(behavior)}`);
+        fail(`Split pre_tokenizer: unsupported behavior ${show(behavior)}`);
       }
       return (words) => words.flatMap((w) => splitBy(w, pat, behavior as SplitBehavior));
     }
     default:
-      fail(`unsupported pre_tokenizer type ${JSON.stringify(p.type)}`);
+      fail(`unsupported pre_tokenizer type ${show(p.type)}`);
   }
 }
 
@@ -257,7 +267,7 @@ function buildDecoder(d: unknown, plan: DecoderPlan): void {
       plan.byteLevel = true;
       return;
     default:
-      fail(`unsupported decoder type ${JSON.stringify(d.type)}`);
+      fail(`unsupported decoder type ${show(d.type)}`);
   }
 }
 
@@ -312,13 +322,13 @@ export class HfBpeTokenizer extends BaseTokenizer {
     const model = json.model;
     if (!isObj(model)) fail("missing model");
     if (model.type !== undefined && model.type !== "BPE") {
-      fail(`model type ${JSON.stringify(model.type)} is not BPE`);
+      fail(`model type ${show(model.type)} is not BPE`);
     }
     if (!isObj(model.vocab)) fail("model.vocab must be an object");
     let maxId = -1;
     for (const [piece, id] of Object.entries(model.vocab)) {
       if (typeof id !== "number" || !Number.isInteger(id) || id < 0) {
-        fail(`vocab entry ${piece}: bad id ${id}`);
+        fail(`vocab entry ${show(piece)}: bad id ${show(id)}`);
       }
       this.#vocab.set(piece, id);
       maxId = Math.max(maxId, id);
@@ -338,6 +348,9 @@ export class HfBpeTokenizer extends BaseTokenizer {
         rstrip: t.rstrip === true,
       };
     });
+    if (maxId >= this.#vocab.size + this.#added.length + MAX_ID_SLACK) {
+      fail(`ids are sparse: id ${maxId} for ${this.#vocab.size + this.#added.length} pieces`);
+    }
     this.vocabSize = maxId + 1;
     this.#pieces = new Array(this.vocabSize).fill("");
     for (const [piece, id] of this.#vocab) this.#pieces[id] = piece;
@@ -349,7 +362,7 @@ export class HfBpeTokenizer extends BaseTokenizer {
       let a: unknown, b: unknown;
       if (typeof m === "string") {
         const k = m.indexOf(" ");
-        if (k < 0) fail(`merges[${rank}] ${JSON.stringify(m)} is not "a b"`);
+        if (k < 0) fail(`merges[${rank}] ${show(m)} is not "a b"`);
         a = m.slice(0, k);
         b = m.slice(k + 1);
       } else if (Array.isArray(m) && m.length === 2) [a, b] = m;
@@ -357,7 +370,7 @@ export class HfBpeTokenizer extends BaseTokenizer {
       const ia = this.#vocab.get(a as string), ib = this.#vocab.get(b as string);
       const im = this.#vocab.get((a as string) + (b as string));
       if (ia === undefined || ib === undefined || im === undefined) {
-        fail(`merges[${rank}] ${JSON.stringify([a, b])} uses pieces missing from the vocabulary`);
+        fail(`merges[${rank}] [${show(a)}, ${show(b)}] uses pieces missing from the vocabulary`);
       }
       this.#merges.add(ia, ib, rank, im);
     });
@@ -391,7 +404,7 @@ export class HfBpeTokenizer extends BaseTokenizer {
     const unkName = typeof model.unk_token === "string" ? model.unk_token : undefined;
     this.unkId = unkName !== undefined ? (this.#vocab.get(unkName) ?? idOf(unkName)) : -1;
     if (unkName !== undefined && this.unkId < 0) {
-      fail(`unk_token ${JSON.stringify(unkName)} is not in the vocabulary`);
+      fail(`unk_token ${show(unkName)} is not in the vocabulary`);
     }
 
     // BOS: tokenizer_config bos_token, else the first special token of the post-processor's single template.

@@ -23,6 +23,7 @@ import {
   DEFAULT_DENO_KV_PATH,
   headOf,
   newToken,
+  SessionCorruptError,
   type SessionHead,
   type SessionRecord,
   type SessionStore,
@@ -169,13 +170,13 @@ export class DenoKvSessionStore implements SessionStore {
       let off = 0;
       for (const p of parts) {
         if (off + p.length > blob.length) {
-          throw new SessionStoreError(`session ${id}: chunks exceed recorded size`);
+          throw new SessionCorruptError(`session ${id}: chunks exceed recorded size`);
         }
         blob.set(p, off);
         off += p.length;
       }
       if (off !== hv.size || crc32(blob) !== hv.crc) {
-        throw new SessionStoreError(`session ${id} version ${hv.head.version}: stored blob is corrupt`);
+        throw new SessionCorruptError(`session ${id} version ${hv.head.version}: stored blob is corrupt`);
       }
       return { ...hv.head, blob };
     }
@@ -337,9 +338,13 @@ export class DenoKvSessionStore implements SessionStore {
   async releaseLease(id: string, token: string): Promise<void> {
     checkId(id);
     const key = [ROOT, "lease", id];
-    const cur = await busy(() => this.#kv.get<Lease>(key));
-    if (cur.value?.token !== token) return;
-    await busy(() => this.#kv.atomic().check(cur).delete(key).commit());
+    // Retried while the entry changes underneath (the holder's own renewal committing at the same moment):
+    // a release that lost that race would otherwise leave the session locked until the lease ran out.
+    for (;;) {
+      const cur = await busy(() => this.#kv.get<Lease>(key));
+      if (cur.value?.token !== token) return;
+      if ((await busy(() => this.#kv.atomic().check(cur).delete(key).commit())).ok) return;
+    }
   }
 
   /** Entry counts by kind (heads, chunks, gc markers, leases): for metrics and tests. */

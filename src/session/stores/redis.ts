@@ -19,15 +19,19 @@ import {
   checkTtl,
   headOf,
   newToken,
+  SessionCorruptError,
   type SessionHead,
   type SessionRecord,
   type SessionStore,
   SessionStoreError,
 } from "../store.ts";
 
-const COMMIT = `
+// Idempotent: run again for the same staged key (a reply lost to a dropped connection), it reports the
+// commit it already made instead of deleting what is now the live blob.
+export const COMMIT_SCRIPT = `
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if cur ~= tonumber(ARGV[1]) then
+  if cur == tonumber(ARGV[2]) and redis.call('HGET', KEYS[1], 'blob') == KEYS[2] then return 1 end
   redis.call('DEL', KEYS[2])
   return 0
 end
@@ -65,6 +69,8 @@ export interface RedisStoreOptions {
   /** Expiry of a staged (not yet committed) blob: bounds what a crashed commit leaks (default 10 min). */
   stagingTtlMs?: number;
   connectTimeoutMs?: number;
+  /** A command without a reply after this long fails (default 2000 ms; keep it below the lease time). */
+  commandTimeoutMs?: number;
 }
 
 export interface RedisStoreHooks {
@@ -87,10 +93,16 @@ export class RedisSessionStore implements SessionStore {
 
   /** Connect to `url` (fails with a clear error if Redis is unreachable). */
   static async open(url: string, opts: RedisStoreOptions = {}): Promise<RedisSessionStore> {
+    // Fail fast while Redis is away (the request gets a 503 with Retry-After; ioredis reconnects in the
+    // background): no offline queue, no resending of commands whose reply was lost, a bound on every command.
     const redis = new Redis(url, {
       lazyConnect: true,
       connectTimeout: opts.connectTimeoutMs ?? 5000,
-      maxRetriesPerRequest: 3,
+      commandTimeout: opts.commandTimeoutMs ?? 2000,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (times: number) => Math.min(100 * times, 1000),
     });
     let lastError: Error | undefined;
     redis.on("error", (e: Error) => lastError = e);
@@ -112,12 +124,12 @@ export class RedisSessionStore implements SessionStore {
     checkId(id);
     const r = await this.#redis.callBuffer("EVAL", [READ, 1, this.#key(id, "head")]) as Buffer[] | null;
     if (!r) return null;
-    if (r.length < 2) throw new SessionStoreError(`session ${id}: head points to a missing blob`);
+    if (r.length < 2) throw new SessionCorruptError(`session ${id}: head points to a missing blob`);
     let head: SessionHead;
     try {
       head = JSON.parse(r[0].toString("utf8"));
     } catch {
-      throw new SessionStoreError(`session ${id}: head record is not JSON`);
+      throw new SessionCorruptError(`session ${id}: head record is not JSON`);
     }
     const b = r[1];
     return { ...head, blob: new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice() };
@@ -134,7 +146,7 @@ export class RedisSessionStore implements SessionStore {
     await this.#redis.set(blobKey, buf, "PX", this.#stagingTtlMs);
     await this.hooks.beforeHeadSwitch?.(rec);
     const r = await this.#redis.eval(
-      COMMIT,
+      COMMIT_SCRIPT,
       2,
       headKey,
       blobKey,
