@@ -70,6 +70,12 @@ export interface KVPolicy {
    * (kv.compact) where the policy decides.
    */
   afterStep(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, phase: Phase): StepKVStats;
+  /**
+   * Forget every cached row at a position ≥ `pos`, with the policy's state for it, and set `kv.nextPos` to
+   * `pos`: the cache then holds what it held when the sequence had seen `pos` tokens, minus what was pruned
+   * (a session resumed from a shorter prefix of its history). Not a pruning decision: not counted in stats.
+   */
+  rewind(kv: SequenceKV, pos: number): void;
   /** Cumulative counters; per-layer kept counts come from kv.length(l). */
   readonly stats: { pruneRounds: number; pruneMs: number; evicted: number };
   /** For session persistence (scores aligned with kv rows). */

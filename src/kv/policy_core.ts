@@ -452,6 +452,20 @@ export abstract class BasePolicy implements KVPolicy {
     }
   }
 
+  rewind(kv: SequenceKV, pos: number): void {
+    if (!Number.isInteger(pos) || pos < 0 || pos > kv.nextPos) {
+      throw new RangeError(`rewind: position ${pos} is outside [0, ${kv.nextPos}]`);
+    }
+    for (let l = 0; l < this.nLayers; l++) {
+      // Rows keep ascending positions (appends count up, compaction preserves order).
+      const p = kv.positions(l);
+      let n = p.length;
+      while (n > 0 && p[n - 1] >= pos) n--;
+      compactLayer(kv, l, allIndices(n), this.rowAligned());
+    }
+    kv.nextPos = pos;
+  }
+
   /** Policy-specific persistent state (JSON-serializable). */
   protected exportMeta(): Record<string, unknown> {
     return {};
