@@ -110,6 +110,34 @@ export const SERVER_OPTIONS = {
     defaultDoc: "`f16`",
     doc: "KV cache and stored snapshot precision (`f32`, `f16`; `int8`: int8 storage of an f16 cache)",
   },
+  reasoningFormat: {
+    flag: "reasoning-format",
+    env: "LETHE_REASONING_FORMAT",
+    schema: z.enum(["deepseek", "none"]),
+    default: () => "deepseek",
+    defaultDoc: "`deepseek`",
+    doc: "chat replies of `<think>` models: `deepseek` returns the thinking as `reasoning_content`, `none` " +
+      "leaves it in `content` (a request's `reasoning_format` overrides)",
+  },
+  chatTemplateKwargs: {
+    flag: "chat-template-kwargs",
+    env: "LETHE_CHAT_TEMPLATE_KWARGS",
+    schema: z.record(z.string(), z.unknown()),
+    default: () => ({}),
+    defaultDoc: "`{}`",
+    doc: 'JSON object of chat template variables for every request, e.g. `{"enable_thinking":false}` ' +
+      "(a request's `chat_template_kwargs` override them)",
+    parse: (raw) => {
+      let v: unknown;
+      try {
+        v = JSON.parse(raw);
+      } catch (e) {
+        throw new Error(`must be a JSON object (${(e as Error).message})`);
+      }
+      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("must be a JSON object");
+      return v;
+    },
+  },
   queueSize: {
     flag: "queue-size",
     env: "LETHE_QUEUE_SIZE",

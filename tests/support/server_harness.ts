@@ -120,3 +120,26 @@ export async function get(base: string, path: string, headers: Record<string, st
   const r = await new Client(base).request(method, path, undefined, { headers });
   return { status: r.status, headers: r.headers, json: r.json as Record<string, any>, text: r.text };
 }
+
+/** A server for another (already loaded) model, on a ts backend of its own; `over` as for `start`. */
+export async function startWith(
+  model: LoadedModel,
+  over: Partial<Record<keyof ServerConfig, unknown>> = {},
+  opts: Pick<StartOptions, "store"> = {},
+): Promise<RunningServer> {
+  const cfg = buildConfig({
+    model: model.path,
+    backend: "ts",
+    port: 0,
+    host: "127.0.0.1",
+    store: "memory:",
+    logLevel: "silent",
+    prefillPerStep: PREFILL_CHUNK,
+    ...over,
+  });
+  return await startServer(cfg, {
+    ...opts,
+    model,
+    logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
+  });
+}

@@ -291,7 +291,9 @@ export class WebGPUKV implements SequenceKV {
     if (!this.mirror) {
       throw new Error("webgpu KV: toHost() needs the host mirror (hostMirror: true); use toHostAsync()");
     }
-    return this.mirror.toHost();
+    const host = this.mirror.toHost();
+    host.nextPos = this.nextPos; // the owner may have rewound it (KVPolicy.rewind)
+    return host;
   }
 
   /** Read the cache back from the GPU buffers (independent of the host mirror). */

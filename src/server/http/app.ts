@@ -13,6 +13,7 @@ import type { LoadedModel } from "../../model/loader.ts";
 import type { ServerConfig } from "../config.ts";
 import { notFound, ServiceError } from "../errors.ts";
 import type { Inference } from "../inference.ts";
+import type { ChatRenderer } from "../chat_prompt.ts";
 import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
 import type { SessionService } from "../session_service.ts";
@@ -42,6 +43,8 @@ export interface AppDeps {
   scheduler: Scheduler;
   sessions: SessionService;
   inference: Inference;
+  /** The model's chat template and tokenizer (chat prompts, `/apply-template`). */
+  renderer: ChatRenderer;
   metrics: Metrics;
   logger: Logger;
   keys: ApiKeys;
