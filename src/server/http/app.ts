@@ -34,6 +34,10 @@ import { registerCompletions } from "../../../routes/completions.ts";
 import { registerSessions } from "../../../routes/sessions.ts";
 import { registerModels } from "../../../routes/models.ts";
 import { registerHealth } from "../../../routes/health.ts";
+import { registerInspect } from "../../../routes/inspect.ts";
+
+/** The inspection tools at the root (llama.cpp's paths), guarded like `/v1/*`. */
+const INSPECT_PATHS = ["/tokenize", "/detokenize", "/apply-template"];
 
 export interface AppDeps {
   cfg: ServerConfig;
@@ -85,7 +89,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       },
     }),
   );
-  app.use("/v1/*", auth(deps.keys), rateLimit(deps.limiter), drainGate(deps.state));
+  for (const path of ["/v1/*", ...INSPECT_PATHS]) {
+    app.use(path, auth(deps.keys), rateLimit(deps.limiter), drainGate(deps.state));
+  }
 
   app.onError((err, c) => {
     if (httpError(err).unknown) {
@@ -104,6 +110,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerChat(app);
   registerCompletions(app);
   registerSessions(app);
+  registerInspect(app);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
