@@ -357,7 +357,7 @@ function withReply(conversation: ChatMessage[], reply: TurnReply, opts: ChatOpti
  * of the conversation shares, never rows the next prompt would not contain. Other templates keep everything.
  * Returns the number of history tokens dropped.
  */
-function evictAtCommit(seq: Sequence, nextPrefix: readonly number[] | null): number {
+export function evictAtCommit(seq: Sequence, nextPrefix: readonly number[] | null): number {
   if (nextPrefix === null) return 0;
   const t = seq.tokens;
   let p = 0;
