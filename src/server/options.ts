@@ -277,6 +277,12 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     doc: "the test servers' log level; the models the tokenizer and loader tests read; the vocabulary " +
       "fixtures (default `../shared/fixtures/vocab`)",
   },
+  {
+    env: "LETHE_E2E_SHAPES, LETHE_E2E_TYPE, LETHE_E2E_QUANT, LETHE_E2E_DIR",
+    where: "tests/e2e_models_test.ts",
+    doc: "the end-to-end test's make-model shapes (a plain one, a reasoning one), weight type, quantize " +
+      "type and a folder keeping the files (`deno task e2e:real` sets them for the real-size run)",
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------------------
