@@ -50,12 +50,10 @@ export function sharedModel(
   return s;
 }
 
-export async function start(
-  over: Partial<Record<keyof ServerConfig, unknown>> = {},
-  opts: Pick<StartOptions, "store"> = {},
-): Promise<RunningServer> {
-  const cfg = buildConfig({
-    model: MODEL_PATH,
+/** A test server's config: the ts backend, any free loopback port, the memory store, no logs; then `over`. */
+function testConfig(model: string, over: Partial<Record<keyof ServerConfig, unknown>>): ServerConfig {
+  return buildConfig({
+    model,
     backend: "ts",
     port: 0,
     host: "127.0.0.1",
@@ -64,13 +62,17 @@ export async function start(
     prefillPerStep: PREFILL_CHUNK,
     ...over,
   });
+}
+
+const testLogger = () => createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent");
+
+export async function start(
+  over: Partial<Record<keyof ServerConfig, unknown>> = {},
+  opts: Pick<StartOptions, "store"> = {},
+): Promise<RunningServer> {
+  const cfg = testConfig(MODEL_PATH, over);
   const { model, backend, reason } = await sharedModel(cfg.kvPrecision);
-  return await startServer(cfg, {
-    ...opts,
-    model,
-    backend: { backend, reason },
-    logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
-  });
+  return await startServer(cfg, { ...opts, model, backend: { backend, reason }, logger: testLogger() });
 }
 
 /**
@@ -127,19 +129,5 @@ export async function startWith(
   over: Partial<Record<keyof ServerConfig, unknown>> = {},
   opts: Pick<StartOptions, "store"> = {},
 ): Promise<RunningServer> {
-  const cfg = buildConfig({
-    model: model.path,
-    backend: "ts",
-    port: 0,
-    host: "127.0.0.1",
-    store: "memory:",
-    logLevel: "silent",
-    prefillPerStep: PREFILL_CHUNK,
-    ...over,
-  });
-  return await startServer(cfg, {
-    ...opts,
-    model,
-    logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
-  });
+  return await startServer(testConfig(model.path, over), { ...opts, model, logger: testLogger() });
 }
