@@ -250,6 +250,7 @@ await runMain(async () => {
       commits.set(`${k}${t + 1}`, { stored_bytes: stored(s), cache_rows: rows(s) });
     }
     conversation = after;
+    console.error(`[bench:reasoning] turn ${t + 1} of ${turns + 1} done`);
   }
   print(out, turns, nReason, nAnswer, precision);
   if (f.json) await Deno.writeTextFile(f.json, JSON.stringify(out, null, 2) + "\n");

@@ -10,10 +10,14 @@
  *   where the turn starts — the stored cache, or a rebuild and why. `fromRecord` is the one place that
  *   decides, for every reason: the client resent a conversation that diverges from the stored one, the
  *   snapshot fails its checksum, is malformed or was made by another model.
- * - plan: which prompt tokens to prefill, given that starting point and the request's input.
+ * - plan: which prompt tokens to prefill, given that starting point and the request's input. A chat turn on
+ *   a model template prefills its conversation's fresh render after the longest prefix it shares with the
+ *   stored history (rows past that prefix leave the cache), so its prompt is a stateless request's.
  * - running: the Sequence the scheduler drives (it holds this turn's cache and policy).
  * - commit / abort: the only places that free the cache and give the lease up. A turn whose lease was lost
- *   does not commit (the record's compare-and-set guards the store as well).
+ *   does not commit (the record's compare-and-set guards the store as well). A chat commit stores only what
+ *   the template's next render shares (`evictAtCommit`: a finished turn's reasoning, where the template drops
+ *   it).
  *
  * Determinism: a session turn resumes from the decoded stored snapshot, never from state kept in memory, so
  * it starts from exactly what a restore on another instance or after a restart gives.
