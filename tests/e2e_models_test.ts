@@ -128,7 +128,7 @@ Deno.test(
       const rss = rssMB(srv.pid);
       await srv.stop();
       ({ srv } = await serve(path, store));
-    client = new OpenAI({ baseURL: srv.url + "/v1", apiKey: "unused" });
+      client = new OpenAI({ baseURL: srv.url + "/v1", apiKey: "unused" });
       const t2 = await turn("And then?");
       assert.equal(t2.kv.rebuilt, null);
       // The stored history is reused: all of it, but its last (sampled, never fed) token when that one is also
