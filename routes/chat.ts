@@ -1,20 +1,30 @@
 /**
- * `POST /v1/chat/completions` (OpenAI-compatible), plus the extensions `session_id` and `kv_policy`.
+ * `POST /v1/chat/completions` (OpenAI-compatible), plus the extensions `session_id`, `kv_policy` and those of
+ * llama.cpp's server: `reasoning_format`, `chat_template_kwargs`, `add_generation_prompt`,
+ * `continue_final_message` (and `tools`, passed to the template).
  *
- * Chat template: the model's own template (GGUF `tokenizer.chat_template` / HF `chat_template`) rendered with
- * `@huggingface/jinja` when it has one. The story models (stories260K, tinystories-656K) have none; for them
- * the DEFAULT TEMPLATE is: the message contents in order joined with "\n" (roles dropped, no trailing
- * newline), prefixed by BOS. So `[{role:"user", content:"Once upon a time"}]` is the prompt "Once upon a time".
+ * Chat template: the model's own template (GGUF `tokenizer.chat_template` / HF `chat_template`) rendered as
+ * transformers renders it when it has one (src/server/chat_prompt.ts). The story models (stories260K,
+ * tinystories-656K) have none; for them the DEFAULT TEMPLATE is: the message contents in order joined with "\n"
+ * (roles dropped, no trailing newline), prefixed by BOS. So `[{role:"user", content:"Once upon a time"}]` is the
+ * prompt "Once upon a time".
+ *
+ * Reasoning (`<think>` models: DeepSeek-R1 distills, Qwen3, QwQ): with `reasoning_format` "deepseek" (the
+ * default, `--reasoning-format`) the thinking comes back as `message.reasoning_content` (streamed as
+ * `delta.reasoning_content`) and `content` holds the answer, also when the template opened `<think>` in the
+ * prompt; "none" leaves everything in `content`, tags included. `usage.completion_tokens_details.
+ * reasoning_tokens` counts the thinking tokens either way.
  *
  * Sessions: with `session_id` the client may send either only the new messages (appended to the stored
  * conversation) or the whole conversation (when its first message equals the stored first message). A whole
  * conversation that extends the stored one reuses the stored cache and prefills only the new messages; one
  * that diverges from it (an edited earlier message) rebuilds the cache from scratch (`kv.rebuilt`).
  */
-import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
+import { createRoute, type OpenAPIHono, type z } from "@hono/zod-openapi";
 import type { AppEnv } from "../src/server/http/app.ts";
 import {
   AuthHeaderSchema,
+  type ChatMessageSchema,
   ChatRequestSchema,
   ChatResponseSchema,
   errorResponses,
@@ -26,7 +36,7 @@ import {
   randomId,
   streamGeneration,
 } from "../src/server/http/openai.ts";
-import type { ChatMessage } from "../src/server/chat_prompt.ts";
+import type { ChatMessage, ChatOptions } from "../src/server/chat_prompt.ts";
 import { invalid } from "../src/server/errors.ts";
 
 const route = createRoute({
@@ -47,9 +57,59 @@ const route = createRoute({
   },
 });
 
-function flatten(content: string | { type: "text"; text: string }[] | null): string {
-  if (content === null) return "";
+function flatten(content: string | { type: "text"; text: string }[] | null): string | null {
+  if (content === null) return null;
   return typeof content === "string" ? content : content.map((p) => p.text).join("");
+}
+
+type RequestMessage = z.infer<typeof ChatMessageSchema>;
+
+/** A request message as the template sees it (null content only for an assistant's tool calls). */
+function chatMessage(m: RequestMessage): ChatMessage {
+  const calls = m.tool_calls ?? [];
+  return {
+    role: m.role,
+    content: flatten(m.content) ?? (m.role === "assistant" && calls.length > 0 ? null : ""),
+    ...(m.name ? { name: m.name } : {}),
+    ...(typeof m.reasoning_content === "string" ? { reasoning_content: m.reasoning_content } : {}),
+    ...(calls.length > 0 ? { tool_calls: calls } : {}),
+    ...(m.tool_call_id ? { tool_call_id: m.tool_call_id } : {}),
+  };
+}
+
+/** The rendering options of a chat request (`/v1/chat/completions` and `/apply-template`). */
+export function chatOptions(body: {
+  messages: RequestMessage[];
+  tools?: unknown[] | null;
+  chat_template_kwargs?: Record<string, unknown> | null;
+  add_generation_prompt?: boolean | null;
+  continue_final_message?: boolean | null;
+}): { messages: ChatMessage[]; options: ChatOptions } {
+  const cont = body.continue_final_message === true;
+  if (cont && body.add_generation_prompt === true) {
+    throw invalid(
+      "continue_final_message and add_generation_prompt cannot both be true: the first continues the final " +
+        "message, the second starts a new assistant message.",
+      "continue_final_message",
+      "invalid_value",
+    );
+  }
+  if (cont && body.messages.at(-1)?.role !== "assistant") {
+    throw invalid(
+      "continue_final_message needs a final assistant message to continue.",
+      "continue_final_message",
+      "invalid_value",
+    );
+  }
+  return {
+    messages: body.messages.map(chatMessage),
+    options: {
+      addGenerationPrompt: cont ? false : body.add_generation_prompt ?? true,
+      continueFinalMessage: cont,
+      tools: body.tools ?? null,
+      kwargs: body.chat_template_kwargs ?? {},
+    },
+  };
 }
 
 export function registerChat(app: OpenAPIHono<AppEnv>): void {
@@ -66,17 +126,14 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
       );
     }
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
-    const messages: ChatMessage[] = body.messages.map((m) => ({
-      role: m.role,
-      content: flatten(m.content),
-      ...(m.name ? { name: m.name } : {}),
-    }));
+    const { messages, options } = chatOptions(body);
     const id = randomId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const params = {
       ...common,
       endpoint: "chat" as const,
-      input: { kind: "chat" as const, messages },
+      input: { kind: "chat" as const, messages, options },
+      reasoningFormat: body.reasoning_format ?? deps.cfg.reasoningFormat,
       maxTokens,
       maxTokensParam: body.max_completion_tokens ? "max_completion_tokens" : "max_tokens",
     };
@@ -93,9 +150,17 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
             logprobs: null,
           }],
         }),
-        chunk: (text) => ({
+        chunk: (d) => ({
           ...base,
-          choices: [{ index: 0, delta: { content: text }, finish_reason: null, logprobs: null }],
+          choices: [{
+            index: 0,
+            delta: {
+              ...(d.reasoning ? { reasoning_content: d.reasoning } : {}),
+              ...(d.content ? { content: d.content } : {}),
+            },
+            finish_reason: null,
+            logprobs: null,
+          }],
         }),
         final: (r) => finalChunks(base, r, includeUsage, { delta: {} }),
       }) as never;
@@ -109,7 +174,11 @@ export function registerChat(app: OpenAPIHono<AppEnv>): void {
       model,
       choices: [{
         index: 0,
-        message: { role: "assistant" as const, content: r.text },
+        message: {
+          role: "assistant" as const,
+          content: r.text,
+          ...(r.reasoning !== null ? { reasoning_content: r.reasoning } : {}),
+        },
         finish_reason: r.finishReason,
         logprobs: null,
       }],

@@ -4,6 +4,9 @@
  * With `session_id`, `prompt` is the text to append to the session (the stored history is not resent): it is
  * tokenized on its own (BOS only on a session's first turn) and fed after the stored tokens, so only the new
  * tokens are prefilled.
+ *
+ * The prompt is plain text: the text of special tokens (`<|im_start|>`) stays text unless `parse_special: true`
+ * (llama.cpp's option of the same name) turns it into those tokens.
  */
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import type { AppEnv } from "../src/server/http/app.ts";
@@ -49,7 +52,7 @@ export function registerCompletions(app: OpenAPIHono<AppEnv>): void {
     const params = {
       ...commonParams(c, body),
       endpoint: "completions" as const,
-      input: { kind: "text" as const, text: body.prompt },
+      input: { kind: "text" as const, text: body.prompt, parseSpecial: body.parse_special ?? false },
       maxTokens: body.max_tokens ?? undefined,
       maxTokensParam: "max_tokens",
     };
@@ -57,7 +60,10 @@ export function registerCompletions(app: OpenAPIHono<AppEnv>): void {
     if (body.stream) {
       const includeUsage = body.stream_options?.include_usage === true;
       return await streamGeneration(c, deps.inference, params, {
-        chunk: (text) => ({ ...base, choices: [{ index: 0, text, finish_reason: null, logprobs: null }] }),
+        chunk: (d) => ({
+          ...base,
+          choices: [{ index: 0, text: d.content, finish_reason: null, logprobs: null }],
+        }),
         final: (r) => finalChunks(base, r, includeUsage, { text: "" }),
       }) as never;
     }

@@ -58,6 +58,47 @@ Deno.test("golden: `deno task generate` CLI prints exactly the golden text", asy
   assert.equal(r.stdout, c.text + "\n");
   assert.match(r.stderr, /generated \d+ tok/);
 });
+Deno.test("golden: `deno task generate --json` prints the prompt ids, the generated ids and their text", async () => {
+  const c = golden.cases[0];
+  const model = await loadModel(SHARED_MODELS.stories260K);
+  const tok = model.tokenizer;
+  const r = await cli([
+    "src/cli/generate.ts",
+    "--prompt",
+    c.prompt,
+    "--steps",
+    "40",
+    "--backend",
+    "ts",
+    "--json",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stdout.endsWith("}\n") && !r.stdout.slice(0, -1).includes("\n"), "one line of JSON");
+  const out = JSON.parse(r.stdout);
+  assert.deepEqual(Object.keys(out), ["prompt_tokens", "tokens", "text"]);
+  assert.deepEqual(out.prompt_tokens, tok.encode(c.prompt, { addBos: true }));
+  assert.equal(out.prompt_tokens.length + out.tokens.length, 41, "--steps counts every position");
+  assert.equal(out.text, tok.decode(out.tokens));
+  assert.ok(c.text.startsWith(c.prompt + out.text), "the golden continuation");
+  // --parse-special: special-token text in the prompt becomes the token (here BOS, "<s>").
+  const sp = await cli([
+    "src/cli/generate.ts",
+    "--prompt",
+    "<s>Once",
+    "--max-tokens",
+    "1",
+    "--backend",
+    "ts",
+    "--json",
+    "--parse-special",
+  ]);
+  assert.equal(sp.code, 0, sp.stderr);
+  assert.deepEqual(
+    JSON.parse(sp.stdout).prompt_tokens,
+    tok.encode("<s>Once", { addBos: true, parseSpecial: true }),
+  );
+  assert.equal(JSON.parse(sp.stdout).prompt_tokens[1], tok.bosId);
+});
 
 Deno.test("rope: interleaved and half-split conventions rotate the documented pairs", () => {
   const freqs = ropeFrequencies(4, 10000); // [1, 0.01]

@@ -10,6 +10,8 @@ import type { Backend } from "../src/engine/backend.ts";
 import type { PrunePlan } from "../src/kv/kv_index.ts";
 import type { KVPolicy, PolicySpec } from "../src/kv/contract.ts";
 import { createPolicy, POLICY_NAMES } from "../src/kv/registry.ts";
+import { Sequence } from "../src/engine/sequence.ts";
+import { GREEDY } from "../src/engine/sampler.ts";
 
 const MODEL = Deno.env.get("LETHE_MODEL") ?? SHARED_MODELS.stories260K;
 const STEPS = 48;
@@ -118,4 +120,36 @@ Deno.test("e2e: pruning policies stay within budget on the real model", async ()
     assert.ok(got.lengths.reduce((x, y) => x + y) <= cap, `${name}: ${got.lengths}`);
     assert.equal(got.tokens.length, STEPS);
   }
+});
+
+Deno.test("e2e: Sequence.rewind settles a pending plan first, then forgets the rows past the position", async () => {
+  const seq = new Sequence(backend, model.tokenizer, {
+    maxTokens: 64,
+    stop: [],
+    sampling: GREEDY,
+    stopAtEos: false,
+    policy: createPolicy({ name: "h2o", budget: 12 }, shape),
+  });
+  seq.feed(prompt);
+  seq.start();
+  const aligned = () => seq.policy.exportState().scores.every((s, l) => s.length === seq.kv.length(l));
+  // decode until a step leaves a plan pending (the policy's table already follows it, the cache not yet)
+  while (aligned()) seq.accept((await backend.forward([seq.nextInput()]))[0]);
+  assert.throws(() => seq.rewind(5), /still generating/);
+  const plan = seq.nextInput().compact; // the pending plan, as the next step would carry it
+  assert.ok(plan);
+  seq.cancel();
+  const p = seq.kv.nextPos - 4;
+  const expect = seq.kv.toHost();
+  expect.compact(plan);
+  expect.rewind(p);
+  seq.rewind(p);
+  assert.ok(aligned(), "cache and policy state agree");
+  for (let l = 0; l < shape.nLayers; l++) {
+    assert.deepEqual(seq.kv.positions(l), expect.positions(l), `layer ${l}: what the plan kept, before ${p}`);
+  }
+  assert.ok(expect.positions(0).length < plan[0]!.length, "the rewind dropped kept rows");
+  assert.deepEqual([seq.kv.nextPos, seq.tokens.length], [p, p]);
+  assert.throws(() => seq.rewind(p + 1), /outside \[0, \d+\]/);
+  seq.kv.free();
 });

@@ -443,3 +443,59 @@ Deno.test("param validation: clear errors naming the policy and the param; defau
   assert.equal(policySpecSchema.safeParse({ name: "lethe", bogus: 1 }).success, false);
   assert.equal(policySpecSchema.safeParse({ name: "zzz" }).success, false);
 });
+
+Deno.test("rewind: every policy drops the rows at positions ≥ p with their scores and rewinds nextPos", () => {
+  const sc = (l: number, n: number) => range(0, n).map((j) => ((j * 13 + l * 7) % 11) / 11);
+  for (const name of POLICY_NAMES) {
+    const spec = { name, ...(name === "full" ? {} : { budget: 12 }) };
+    const a = createPolicy(spec, { nLayers: 2, contextLength: 64 });
+    const kv = new HostKVCache(SHAPE);
+    step(a, kv, 10, sc, "prefill");
+    for (let i = 0; i < 15; i++) step(a, kv, 1, sc);
+    const before = [0, 1].map((l) => pos(kv, l));
+    const scores = a.exportState().scores;
+    const stats = { ...a.stats };
+    a.rewind(kv, 18);
+    assert.equal(kv.nextPos, 18, name);
+    for (let l = 0; l < 2; l++) {
+      const kept = before[l].filter((p) => p < 18);
+      assert.deepEqual(pos(kv, l), kept, `${name} layer ${l}: rows before 18, pruned ones stay pruned`);
+      assert.deepEqual(Array.from(a.exportState().scores[l]), Array.from(scores[l].subarray(0, kept.length)));
+    }
+    assertRowsIntact(kv);
+    assert.deepEqual(a.stats, stats, `${name}: a rewind is not a pruning decision`);
+    step(a, kv, 1, sc); // appends position 18 and carries on in sync
+    assert.equal(pos(kv, 0).at(-1), 18, name);
+    a.rewind(kv, 0);
+    assert.deepEqual([kv.length(0), kv.length(1), kv.nextPos], [0, 0, 0], name);
+    assert.throws(() => a.rewind(kv, 1), /outside \[0, 0\]/, name);
+  }
+});
+
+Deno.test("rewind: refused while a prune plan is pending (nothing changes); once it is applied, it goes ahead", () => {
+  const sc = (l: number, n: number) => range(0, n).map((j) => ((j * 5 + l * 3) % 7) / 7);
+  const a = createPolicy({ name: "h2o", budget: 12 }, { nLayers: 2, contextLength: 64 });
+  const kv = new HostKVCache(SHAPE);
+  step(a, kv, 10, sc, "prefill");
+  appendRows(kv, 6); // a step whose plan the next step would carry
+  const scores = [0, 1].map((l) => Float32Array.from(sc(l, kv.length(l))));
+  const { plan } = a.afterStep(kv, scores, 6, "decode");
+  assert.ok(plan && plan.every((k) => k !== null && k.length === 12), "both layers pruned to the budget");
+  const before = [0, 1].map((l) => pos(kv, l));
+  assert.throws(
+    () => a.rewind(kv, 8),
+    /layer 0 has a prune plan pending \(the policy keeps 12 rows, the cache holds 16\); settle it first/,
+  );
+  assert.deepEqual([0, 1].map((l) => pos(kv, l)), before, "the cache is untouched");
+  assert.equal(kv.nextPos, 16);
+  assert.deepEqual(a.exportState().scores.map((s) => s.length), [12, 12], "the policy's state too");
+  kv.compact(plan);
+  const kept = [0, 1].map((l) => pos(kv, l));
+  a.rewind(kv, 8);
+  for (let l = 0; l < 2; l++) {
+    assert.deepEqual(pos(kv, l), kept[l].filter((p) => p < 8), `layer ${l}: what the plan kept, before 8`);
+    assert.equal(a.exportState().scores[l].length, kv.length(l));
+  }
+  assert.equal(kv.nextPos, 8);
+  assertRowsIntact(kv);
+});

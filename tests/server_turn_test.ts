@@ -153,14 +153,16 @@ Deno.test("shutdown gives up the leases this instance still holds", opts, async 
   }
 });
 
+const NO_REPLY = { text: "", content: "", reasoning: null };
+
 Deno.test("Turn: steps out of order are refused; commit and abort end it once", async () => {
   const { model, backend } = await sharedModel();
   const turn = Turn.fresh({ model, backend, metrics: new Metrics() }, { name: "full", params: {} });
-  const renderer = new ChatRenderer(undefined);
+  const renderer = ChatRenderer.forModel(model);
   const seqOpts = { maxTokens: 4, stop: [], sampling: GREEDY, prefillChunk: 256 };
   assert.equal(turn.state, "open");
   assert.throws(
-    () => turn.sequence({ newTokens: [], promptTokens: 0, cached: 0 }, seqOpts),
+    () => turn.sequence({ newTokens: [], promptTokens: 0, cached: 0, startsInReasoning: false }, seqOpts),
     /sequence in state open/,
   );
   const plan = turn.plan({ kind: "text", text: "Once" }, model.tokenizer, renderer);
@@ -169,6 +171,7 @@ Deno.test("Turn: steps out of order are refused; commit and abort end it once", 
     newTokens: model.tokenizer.encode("Once", { addBos: true }),
     promptTokens: plan.newTokens.length,
     cached: 0,
+    startsInReasoning: false,
   });
   assert.throws(
     () => turn.plan({ kind: "text", text: "x" }, model.tokenizer, renderer),
@@ -177,9 +180,9 @@ Deno.test("Turn: steps out of order are refused; commit and abort end it once", 
   const seq = turn.sequence(plan, seqOpts);
   assert.equal(turn.state, "running");
   assert.deepEqual(seq.tokens, plan.newTokens);
-  assert.equal(await turn.commit(""), null, "nothing stored without a session");
+  assert.equal(await turn.commit(NO_REPLY), null, "nothing stored without a session");
   assert.equal(turn.state, "committed");
   await turn.abort();
   assert.equal(turn.state, "committed", "abort after commit is a no-op");
-  await assert.rejects(() => turn.commit(""), /commit in state committed/);
+  await assert.rejects(() => turn.commit(NO_REPLY), /commit in state committed/);
 });

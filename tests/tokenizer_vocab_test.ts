@@ -317,3 +317,21 @@ Deno.test("vocab: the model loader reports a bad tokenizer as a model-format err
     await Deno.remove(path);
   }
 });
+
+Deno.test("vocab: tokenBytes gives a token's bytes as llama.cpp's token_to_piece with special text", () => {
+  const g = tok("gpt-2"), spm = tok("llama-spm");
+  const text = (t: VocabTokenizer, id: number) => new TextDecoder().decode(t.tokenBytes(id));
+  assert.equal(text(g, g.encode(" world")[0]), " world");
+  assert.equal(text(g, 50256), "<|endoftext|>", "a control token dropped by decode gives its text");
+  assert.equal(text(g, g.encode("\n")[0]), "\n");
+  // Part of a UTF-8 sequence: the raw byte (llama.cpp's /tokenize reports such pieces as byte lists).
+  const ids = g.encode("🦙");
+  assert.ok(ids.length > 1);
+  assert.deepEqual(
+    ids.flatMap((id) => Array.from(g.tokenBytes(id))),
+    Array.from(new TextEncoder().encode("🦙")),
+  );
+  assert.equal(text(spm, spm.encode("Hello")[0]), " Hello", "SentencePiece's ▁ is a space");
+  assert.equal(text(spm, spm.bosId), "<s>");
+  assert.deepEqual(Array.from(spm.tokenBytes(spm.tokenId("<0x0A>"))), [10]);
+});

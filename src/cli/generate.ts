@@ -1,6 +1,8 @@
 /**
- * deno task generate --model PATH --prompt "..." [sampling flags]
- * Streams the prompt and its continuation to stdout; a summary (tokens/s, KV stats) goes to stderr.
+ * deno task generate --model PATH --prompt "..." [sampling flags] [--json]
+ * Streams the prompt and its continuation to stdout; a summary (tokens/s, KV stats) goes to stderr. With
+ * --json stdout is one line: {"prompt_tokens": [...], "tokens": [...], "text": "..."} (the generated ids,
+ * an end-of-generation token included, and the text they decode to, stop strings applied).
  */
 import { intFlag, numFlag, parseFlags, runMain, UsageError } from "./common.ts";
 import { loadModel, SHARED_MODELS } from "../model/loader.ts";
@@ -14,6 +16,8 @@ import type { SamplingParams } from "../engine/sampler.ts";
 const USAGE = `usage: deno task generate --model PATH --prompt TEXT [options]
   --model PATH            GGUF file or Hugging Face directory (default: $LETHE_MODEL or ../shared/models/stories260K.gguf)
   --prompt TEXT           prompt text (BOS is prepended when the model has one)
+  --parse-special         turn special-token text in the prompt (<|im_start|>) into those tokens
+  --json                  print {"prompt_tokens": [...], "tokens": [...], "text": "..."} instead of streaming
   --max-tokens N          tokens to generate (default 256)
   --steps N               llama2.c-style length: positions run through the model, BOS and prompt
                           included; the token sampled at the last position is printed too (overrides --max-tokens)
@@ -40,6 +44,8 @@ await runMain(async () => {
     seed: { type: "string" },
     stop: { type: "string", multiple: true },
     "ignore-eos": { type: "boolean" },
+    "parse-special": { type: "boolean" },
+    json: { type: "boolean" },
     backend: { type: "string" },
     "kv-policy": { type: "string" },
     ctx: { type: "string" },
@@ -75,7 +81,7 @@ await runMain(async () => {
   console.error(`[lethe] model ${model.name} on ${backend.name}: ${reason}`);
 
   const tok = model.tokenizer;
-  const prompt = tok.encode(f.prompt, { addBos: tok.bosId >= 0 });
+  const prompt = tok.encode(f.prompt, { addBos: tok.bosId >= 0, parseSpecial: f["parse-special"] === true });
   let maxTokens = intFlag("max-tokens", f["max-tokens"], 256);
   if (f.steps !== undefined) maxTokens = Math.max(0, intFlag("steps", f.steps, 0, 1) + 1 - prompt.length);
   if (prompt.length + maxTokens > model.config.contextLength) {
@@ -98,15 +104,17 @@ await runMain(async () => {
   seq.start();
   const enc = new TextEncoder();
   const out = Deno.stdout;
-  await out.write(enc.encode(tok.decode(prompt)));
+  if (!f.json) await out.write(enc.encode(tok.decode(prompt)));
   const t0 = performance.now();
-  let tFirst = 0;
+  let tFirst = 0, text = "";
   for await (const ev of runSequence(backend, seq)) {
     if (!tFirst) tFirst = performance.now();
-    if (ev.text) await out.write(enc.encode(ev.text));
+    text += ev.text;
+    if (ev.text && !f.json) await out.write(enc.encode(ev.text));
   }
   const t1 = performance.now();
-  await out.write(enc.encode("\n"));
+  const result = { prompt_tokens: prompt, tokens: seq.tokens.slice(prompt.length), text };
+  await out.write(enc.encode(f.json ? JSON.stringify(result) + "\n" : "\n"));
   const s = seq.stats();
   const decodeS = (t1 - tFirst) / 1000;
   console.error(

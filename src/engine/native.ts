@@ -268,6 +268,13 @@ export class NativeKV implements SequenceKV {
     this.index.compact(plan);
   }
 
+  rewind(pos: number): PrunePlan {
+    const plan = this.index.rewindPlan(pos);
+    this.compact(plan);
+    this.index.nextPos = pos; // the library takes each step's start position from nextPos
+    return plan;
+  }
+
   bytes(): number {
     return Number(this.#lib.lethe_kv_bytes(this.ptr));
   }

@@ -180,6 +180,21 @@ export class Sequence {
     return this.emit(text);
   }
 
+  /**
+   * Back to the first `pos` tokens of the history: the rest leaves the history and (policy.rewind) the cache.
+   * For a finished sequence about to be stored (a session keeps only what its next prompt shares); the
+   * pending prune plan is settled first, so the rewind starts from the rows the policy kept.
+   */
+  rewind(pos: number): void {
+    if (!Number.isInteger(pos) || pos < 0 || pos > this.tokens.length) {
+      throw new RangeError(`rewind: ${pos} is outside [0, ${this.tokens.length}]`);
+    }
+    if (this.sampling && !this.finished) throw new Error("rewind: the sequence is still generating");
+    this.settle();
+    if (pos < this.kv.nextPos) this.policy.rewind(this.kv, pos);
+    this.tokens.length = pos;
+  }
+
   cancel(): void {
     if (!this.finished) this.finishReason = "cancelled";
   }

@@ -105,6 +105,23 @@ export abstract class BasePolicy implements KVPolicy {
     events.push({ layer, before, after: kept.length });
   }
 
+  rewind(kv: SequenceKV, pos: number): void {
+    for (let l = 0; l < this.nLayers; l++) {
+      if (this.table.length(l) !== kv.length(l)) {
+        throw new Error(
+          `rewind: layer ${l} has a prune plan pending (the policy keeps ${
+            this.table.length(l)
+          } rows, the cache holds ${kv.length(l)}); settle it first`,
+        );
+      }
+    }
+    const plan = kv.rewind(pos);
+    for (let l = 0; l < this.nLayers; l++) {
+      const keep = plan[l];
+      if (keep) { for (const a of this.rowAligned()) a.compact(l, keep); }
+    }
+  }
+
   /** Policy-specific persistent state (JSON-serializable). */
   protected exportMeta(): Record<string, unknown> {
     return {};

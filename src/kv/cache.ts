@@ -28,6 +28,13 @@ export interface SequenceKV {
    * plan still pending when a sequence finishes. Throws (and changes nothing) on an invalid plan.
    */
   compact(plan: PrunePlan): void;
+  /**
+   * Forget every row at a position ≥ `pos` and set nextPos to `pos` (a session resumed from a shorter prefix
+   * of its history), applying the plan `KVIndex.rewindPlan` makes; returns that plan, so per-row state kept
+   * beside the cache (the policy's) follows it. Throws a RangeError (changing nothing) unless
+   * 0 ≤ pos ≤ nextPos.
+   */
+  rewind(pos: number): PrunePlan;
   /** Bytes of K/V actually held for the kept tokens (not capacity), at the cache's element size. */
   bytes(): number;
   /** A host-memory snapshot (for persistence and cross-backend checks). */
@@ -153,6 +160,13 @@ export class HostKVCache implements SequenceKV {
       }
     }
     this.index.compact(plan);
+  }
+
+  rewind(pos: number): PrunePlan {
+    const plan = this.index.rewindPlan(pos);
+    this.compact(plan);
+    this.index.nextPos = pos;
+    return plan;
   }
 
   bytes(): number {

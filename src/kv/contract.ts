@@ -53,6 +53,13 @@ export interface KVPolicy {
    * it); the policy does not touch the cache.
    */
   afterStep(kv: SequenceKV, scores: Float32Array[] | undefined, nNew: number, phase: Phase): PruneStep;
+  /**
+   * Forget every cached row at a position ≥ `pos` with the policy's state for it (`kv.rewind`: the cache then
+   * holds what it held when the sequence had seen `pos` tokens, minus what was pruned; nextPos becomes
+   * `pos`). Only with no prune plan pending (after `Sequence.settle()`): throws otherwise, changing nothing.
+   * Not a pruning decision: not counted in stats.
+   */
+  rewind(kv: SequenceKV, pos: number): void;
   /** Cumulative counters; per-layer kept counts come from kv.length(l). */
   readonly stats: { pruneRounds: number; pruneMs: number; evicted: number };
   /** For session persistence (scores aligned with kv rows). */

@@ -152,6 +152,32 @@ export class KVIndex {
     }
   }
 
+  /**
+   * The plan that forgets every row at a position ≥ `pos`: per layer the rows before it (null where none
+   * goes). With `nextPos = pos` after it, the cache holds what it held when the sequence had seen `pos`
+   * tokens, minus what was pruned. Throws a RangeError unless 0 ≤ pos ≤ nextPos.
+   */
+  rewindPlan(pos: number): PrunePlan {
+    this.live();
+    if (!Number.isInteger(pos) || pos < 0 || pos > this.nextPos) {
+      throw new RangeError(`rewind: position ${pos} is outside [0, ${this.nextPos}]`);
+    }
+    const plan: (Int32Array | null)[] = [];
+    for (let l = 0; l < this.nLayers; l++) {
+      const p = this.positions(l);
+      let n = 0;
+      for (let i = 0; i < p.length; i++) if (p[i] < pos) n++;
+      if (n === p.length) {
+        plan.push(null);
+        continue;
+      }
+      const keep = new Int32Array(n);
+      for (let i = 0, k = 0; i < p.length; i++) if (p[i] < pos) keep[k++] = i;
+      plan.push(keep);
+    }
+    return plan;
+  }
+
   /** Replace everything with a snapshot's rows (`len[l]` positions of `pos[l]` per layer) and nextPos. */
   load(len: Int32Array, pos: Int32Array[], nextPos: number): void {
     this.live();

@@ -17,6 +17,7 @@ import type { SessionService } from "./session_service.ts";
 import { leaseLost, Turn, type TurnInput, type TurnPlan, validatePolicySpec } from "./turn.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
+import { type ReasoningFormat, ReasoningSplitter } from "../model/reasoning.ts";
 
 export interface InferenceLimits {
   maxPromptTokens: number;
@@ -35,7 +36,9 @@ export interface GenerateParams {
   stop: string[];
   sampling: SamplingParams;
   policy?: unknown;
-  /** Produce `Generation.text` (a stream of the text as it becomes final). */
+  /** Chat: split `<think>…</think>` reasoning out of the reply ("deepseek") or not ("none"). */
+  reasoningFormat?: ReasoningFormat;
+  /** Produce `Generation.deltas` (the reply as it becomes final). */
   stream?: boolean;
   signal: AbortSignal;
   log: Logger;
@@ -55,22 +58,33 @@ export interface KVReport {
   rebuilt: string | null;
 }
 
+/** A piece of the reply: content, and reasoning when the request splits it out. */
+export interface TextDelta {
+  content: string;
+  reasoning: string;
+}
+
 export interface GenerateResult {
+  /** The reply's content (without its reasoning when that was split out). */
   text: string;
+  /** The reasoning split out of the reply; null when there was none or the format is "none". */
+  reasoning: string | null;
   finishReason: "stop" | "length";
   usage: {
     prompt_tokens: number;
     completion_tokens: number;
     total_tokens: number;
     prompt_tokens_details: { cached_tokens: number };
+    /** Chat: generated tokens inside `<think>…</think>` (tags included), whatever the format. */
+    completion_tokens_details?: { reasoning_tokens: number };
   };
   kv: KVReport;
   sessionId?: string;
 }
 
 export interface Generation {
-  /** With `stream`: the generated text as it becomes final; cancelling it cancels the generation. */
-  text: ReadableStream<string> | null;
+  /** With `stream`: the reply as it becomes final; cancelling it cancels the generation. */
+  deltas: ReadableStream<TextDelta> | null;
   /** Settles once the turn committed (or rejects with a ServiceError once it aborted). */
   done: Promise<GenerateResult>;
 }
@@ -159,9 +173,9 @@ export class Inference {
   /** Submit the sequence; the returned `done` commits the turn when it finishes (or aborts it). */
   #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams): Generation {
     const cancel = new AbortController();
-    let sink = null as ReadableStreamDefaultController<string> | null;
-    const text = p.stream
-      ? new ReadableStream<string>({
+    let sink = null as ReadableStreamDefaultController<TextDelta> | null;
+    const deltas = p.stream
+      ? new ReadableStream<TextDelta>({
         start: (c) => void (sink = c),
         cancel: () => {
           sink = null;
@@ -169,16 +183,26 @@ export class Inference {
         },
       })
       : null;
-    let reply = "";
+    // The reply, split into content and reasoning as it becomes final (chat requests).
+    const split = p.reasoningFormat === undefined
+      ? null
+      : new ReasoningSplitter({ format: p.reasoningFormat, startsInReasoning: plan.startsInReasoning });
+    let raw = "", content = "", reasoning = "";
+    const emit = (d: TextDelta) => {
+      content += d.content;
+      reasoning += d.reasoning;
+      if (d.content || d.reasoning) sink?.enqueue(d);
+    };
     let job: Promise<JobResult>;
     try {
       job = this.scheduler.submit(seq, {
         signal: AbortSignal.any([p.signal, cancel.signal, turn.leaseLost]),
         deadline: p.startedAt + this.limits.requestTimeoutMs,
         onToken: (ev) => {
-          if (!ev.text) return;
-          reply += ev.text;
-          sink?.enqueue(ev.text);
+          raw += ev.text;
+          if (split) {
+            if (ev.token !== null || ev.text) emit(split.push(ev.text, ev.token === null ? 0 : 1));
+          } else if (ev.text) emit({ content: ev.text, reasoning: "" });
         },
       });
     } catch (e) {
@@ -189,21 +213,29 @@ export class Inference {
     const done = (async (): Promise<GenerateResult> => {
       try {
         const r = await job;
+        if (split) emit(split.finish());
         const st = seq.stats();
         this.#observe(r, st.generatedTokens, st.pruneRounds, plan, p);
         if (r.timedOut) throw timedOut(this.limits.requestTimeoutMs);
         if (r.finishReason === "cancelled") {
           throw turn.leaseLost.aborted ? leaseLost(turn.sessionId!) : cancelled();
         }
-        const storedBytes = await turn.commit(reply);
+        const hasReasoning = split !== null && split.format !== "none" && split.sawReasoning;
+        const storedBytes = await turn.commit({
+          text: raw,
+          content,
+          reasoning: hasReasoning ? reasoning : null,
+        });
         return {
-          text: reply,
+          text: content,
+          reasoning: hasReasoning ? reasoning : null,
           finishReason: r.finishReason,
           usage: {
             prompt_tokens: plan.promptTokens,
             completion_tokens: st.generatedTokens,
             total_tokens: plan.promptTokens + st.generatedTokens,
             prompt_tokens_details: { cached_tokens: plan.cached },
+            ...(split ? { completion_tokens_details: { reasoning_tokens: split.reasoningTokens } } : {}),
           },
           kv: {
             policy: turn.policyChoice.name,
@@ -226,7 +258,7 @@ export class Inference {
       }
     })();
     done.catch(() => {}); // observed by the route; avoid unhandled rejections if it is not
-    return { text, done };
+    return { deltas, done };
   }
 
   #observe(r: JobResult, generated: number, pruneRounds: number, plan: TurnPlan, p: GenerateParams): void {

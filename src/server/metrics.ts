@@ -17,6 +17,7 @@ export class Metrics {
   readonly storeSeconds: client.Histogram<"op">;
   readonly storeErrors: client.Counter<"op">;
   readonly cacheRebuilds: client.Counter<"reason">;
+  readonly historyDropped: client.Counter<"at">;
 
   constructor() {
     const registers = [this.registry];
@@ -101,6 +102,13 @@ export class Metrics {
       help:
         "Session caches rebuilt instead of resumed, by reason (history_diverged, or why the stored one was unusable)",
       labelNames: ["reason"],
+      registers,
+    });
+    this.historyDropped = new client.Counter({
+      name: "lethe_session_history_dropped_tokens_total",
+      help: "Session history tokens left out of the stored cache because the chat template's render of the " +
+        "conversation does not contain them: at commit (a finished turn's reasoning) or at resume",
+      labelNames: ["at"],
       registers,
     });
   }

@@ -110,6 +110,34 @@ export const SERVER_OPTIONS = {
     defaultDoc: "`f16`",
     doc: "KV cache and stored snapshot precision (`f32`, `f16`; `int8`: int8 storage of an f16 cache)",
   },
+  reasoningFormat: {
+    flag: "reasoning-format",
+    env: "LETHE_REASONING_FORMAT",
+    schema: z.enum(["deepseek", "none"]),
+    default: () => "deepseek",
+    defaultDoc: "`deepseek`",
+    doc: "chat replies of `<think>` models: `deepseek` returns the thinking as `reasoning_content`, `none` " +
+      "leaves it in `content` (a request's `reasoning_format` overrides)",
+  },
+  chatTemplateKwargs: {
+    flag: "chat-template-kwargs",
+    env: "LETHE_CHAT_TEMPLATE_KWARGS",
+    schema: z.record(z.string(), z.unknown()),
+    default: () => ({}),
+    defaultDoc: "`{}`",
+    doc: 'JSON object of chat template variables for every request, e.g. `{"enable_thinking":false}` ' +
+      "(a request's `chat_template_kwargs` override them)",
+    parse: (raw) => {
+      let v: unknown;
+      try {
+        v = JSON.parse(raw);
+      } catch (e) {
+        throw new Error(`must be a JSON object (${(e as Error).message})`);
+      }
+      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("must be a JSON object");
+      return v;
+    },
+  },
   queueSize: {
     flag: "queue-size",
     env: "LETHE_QUEUE_SIZE",
@@ -264,6 +292,12 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     env: "LETHE_FIXTURES_DIR",
     where: "tests/",
     doc: "the reference fixtures the tests compare with, e.g. `kquant/` (default `../shared/fixtures`)",
+  },
+  {
+    env: "LETHE_E2E_SHAPES, LETHE_E2E_TYPE, LETHE_E2E_QUANT, LETHE_E2E_DIR",
+    where: "tests/e2e_models_test.ts",
+    doc: "the end-to-end test's make-model shapes (a plain one, a reasoning one), weight type, quantize " +
+      "type and a folder keeping the files (`deno task e2e:real` sets them for the real-size run)",
   },
 ];
 

@@ -74,11 +74,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
     metrics,
     logger,
   );
-  const tok = model.tokenizer;
-  const renderer = new ChatRenderer(model.chatTemplate, {
-    bos: tok.bosId >= 0 ? tok.piece(tok.bosId) : "",
-    eos: tok.eosId >= 0 ? tok.piece(tok.eosId) : "",
-  });
+  const renderer = ChatRenderer.forModel(model, cfg.chatTemplateKwargs);
   const inference = new Inference(model, backend, scheduler, sessions, renderer, {
     maxPromptTokens: Math.min(cfg.maxPromptTokens ?? model.config.contextLength, model.config.contextLength),
     defaultMaxTokens: cfg.defaultMaxTokens,
@@ -93,6 +89,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
     scheduler,
     sessions,
     inference,
+    renderer,
     metrics,
     logger,
     keys: new ApiKeys(cfg.apiKeys),

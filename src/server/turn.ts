@@ -10,11 +10,14 @@
  *   where the turn starts — the stored cache, or a rebuild and why. `fromRecord` is the one place that
  *   decides, for every reason: the client resent a conversation that diverges from the stored one, the
  *   snapshot fails its checksum, is malformed or was made by another model.
- * - plan: which prompt tokens to prefill, given that starting point and the request's input.
+ * - plan: which prompt tokens to prefill, given that starting point and the request's input. A chat turn on
+ *   a model template prefills its conversation's fresh render after the longest prefix it shares with the
+ *   stored history (rows past that prefix leave the cache), so its prompt is a stateless request's.
  * - running: the Sequence the scheduler drives (it holds this turn's cache and policy).
  * - commit / abort: the only places that free the cache (one per turn, emptied for a rebuild) and give the
  *   lease up. A turn whose lease was lost does not commit (the record's compare-and-set guards the store as
- *   well).
+ *   well). A commit first settles the sequence's last prune plan; a chat commit then stores only what the
+ *   template's next render shares (`evictAtCommit`: a finished turn's reasoning, where the template drops it).
  *
  * Determinism: a session turn resumes from the decoded stored snapshot, never from state kept in memory, so
  * it starts from exactly what a restore on another instance or after a restart gives.
@@ -28,7 +31,7 @@ import type { LoadedModel } from "../model/loader.ts";
 import type { Tokenizer } from "../model/tokenizer/types.ts";
 import { decodeBundle } from "../session/bundle.ts";
 import { decodeSnapshot, SnapshotError } from "../session/codec.ts";
-import { type ChatMessage, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
+import { type ChatMessage, type ChatOptions, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
 import { conflict, internal, invalid } from "./errors.ts";
 import type { Lease } from "./lease.ts";
 import type { Logger } from "./logger.ts";
@@ -51,7 +54,9 @@ export function validatePolicySpec(spec: unknown, param = "kv_policy"): PolicyCh
   }
 }
 
-export type TurnInput = { kind: "text"; text: string } | { kind: "chat"; messages: ChatMessage[] };
+export type TurnInput =
+  | { kind: "text"; text: string; parseSpecial?: boolean }
+  | { kind: "chat"; messages: ChatMessage[]; options?: ChatOptions };
 
 export interface TurnPlan {
   /** Prompt tokens this turn feeds after the history. */
@@ -60,6 +65,16 @@ export interface TurnPlan {
   promptTokens: number;
   /** Tokens already in the cache (reused, not prefilled). */
   cached: number;
+  /** The reply starts inside a `<think>` block the prompt opened. */
+  startsInReasoning: boolean;
+}
+
+/** A finished turn's reply: its raw text, and its content and reasoning as the response gave them. */
+export interface TurnReply {
+  text: string;
+  content: string;
+  /** Null when the reply had no reasoning section (or reasoning was not split out). */
+  reasoning: string | null;
 }
 
 /** What every turn needs: the model and the backend that owns the caches. */
@@ -93,6 +108,7 @@ export class Turn {
   #sampler: Record<string, unknown> | undefined;
   /** The conversation after this turn's prompt (chat input), stored on commit with the reply. */
   #conversation: ChatMessage[] | null = null;
+  #chat: { renderer: ChatRenderer; options: ChatOptions } | null = null;
   #seq: Sequence | null = null;
   /** Why the cache was rebuilt instead of resumed, if it was. */
   rebuilt: string | null = null;
@@ -218,27 +234,49 @@ export class Turn {
   /** The prompt tokens to prefill for `input`, after the stored history. */
   plan(input: TurnInput, tok: Tokenizer, renderer: ChatRenderer): TurnPlan {
     this.#expect("open", "plan");
-    const addBos = this.#tokens.length === 0;
     let newTokens: number[];
+    let startsInReasoning = false;
     if (input.kind === "text") {
-      newTokens = input.text.length > 0 ? tok.encode(input.text, { addBos }) : [];
+      newTokens = input.text.length > 0
+        ? tok.encode(input.text, { addBos: this.#tokens.length === 0, parseSpecial: input.parseSpecial })
+        : [];
     } else {
-      const msgs = input.messages, stored = this.#messages;
-      if (stored.length > 0 && sameMessage(msgs[0], stored[0])) {
-        // The whole conversation, extending the stored one (`fromRecord` rebuilt it otherwise).
-        newTokens = tok.encode(renderer.continuationText(stored, msgs.slice(stored.length)));
-        this.#conversation = [...msgs];
-      } else if (stored.length > 0) {
-        // Only the new messages.
-        newTokens = tok.encode(renderer.continuationText(stored, msgs));
-        this.#conversation = [...stored, ...msgs];
+      const msgs = input.messages, stored = this.#messages, options = input.options ?? {};
+      // The whole conversation, extending the stored one (`fromRecord` rebuilt it otherwise), or only the new
+      // messages.
+      const whole = stored.length > 0 && sameMessage(msgs[0], stored[0]);
+      this.#conversation = whole || stored.length === 0 ? [...msgs] : [...stored, ...msgs];
+      this.#chat = { renderer, options };
+      if (renderer.usesModelTemplate || this.#tokens.length === 0) {
+        const prompt = renderer.prompt(this.#conversation, options);
+        startsInReasoning = prompt.startsInReasoning;
+        newTokens = prompt.tokens.slice(this.#reuse(prompt.tokens));
       } else {
-        newTokens = tok.encode(renderer.render(msgs), { addBos });
-        this.#conversation = [...msgs];
+        // Default template: append (see chat_prompt.ts).
+        newTokens = tok.encode(renderer.continuationText(stored, this.#conversation.slice(stored.length)));
       }
     }
     this.#state = "planned";
-    return { newTokens, promptTokens: this.#tokens.length + newTokens.length, cached: this.#kv.nextPos };
+    return {
+      newTokens,
+      promptTokens: this.#tokens.length + newTokens.length,
+      cached: this.#kv.nextPos,
+      startsInReasoning,
+    };
+  }
+
+  /**
+   * Keep the longest common prefix of the history and a chat prompt (at least its last token is fed again):
+   * rows past it leave the cache, so the turn prefills exactly the prompt's render. Returns its length.
+   */
+  #reuse(prompt: number[]): number {
+    const h = this.#tokens, n = Math.min(h.length, prompt.length - 1);
+    let p = 0;
+    while (p < n && h[p] === prompt[p]) p++;
+    if (p < this.#kv.nextPos) this.#policy.rewind(this.#kv, p);
+    this.ctx.metrics.historyDropped.inc({ at: "resume" }, h.length - p);
+    this.#tokens = h.slice(0, p);
+    return p;
   }
 
   /** The running sequence: the stored history (with its sampler state, where it applies) + the plan's tokens. */
@@ -266,17 +304,22 @@ export class Turn {
    * The finished sequence becomes the session's new version (compare-and-set on the version read at open).
    * Returns the stored bytes (null without a session). Refuses, aborting, when the lease was lost.
    */
-  async commit(reply: string): Promise<number | null> {
+  async commit(reply: TurnReply): Promise<number | null> {
     this.#expect("running", "commit");
     let stored: number | null = null;
     let ok = false;
     try {
       if (this.slot) {
         if (!this.slot.lease.valid) throw leaseLost(this.slot.id);
-        const messages = this.#conversation
-          ? [...this.#conversation, { role: "assistant", content: reply }]
-          : this.#messages;
-        this.#seq!.settle(); // the last prune plan, so the snapshot and the policy state hold the same rows
+        const chat = this.#chat;
+        const messages = chat ? withReply(this.#conversation!, reply, chat.options) : this.#messages;
+        // the last prune plan first, so the snapshot and the policy state hold the same rows (and the
+        // eviction below rewinds the rows the policy kept)
+        this.#seq!.settle();
+        if (chat) {
+          const dropped = evictAtCommit(this.#seq!, chat.renderer.nextTurnPrefix(messages, chat.options));
+          this.ctx.metrics.historyDropped.inc({ at: "commit" }, dropped);
+        }
         stored = await this.slot.service.save(this.slot, this.#seq!, messages);
       }
       ok = true;
@@ -298,6 +341,37 @@ export class Turn {
     this.#seq = null;
     await this.slot?.lease.release();
   }
+}
+
+/** The conversation with the turn's reply: a new assistant message, or the continued final one. */
+function withReply(conversation: ChatMessage[], reply: TurnReply, opts: ChatOptions): ChatMessage[] {
+  if (opts.continueFinalMessage) {
+    const last = conversation.at(-1)!;
+    return [...conversation.slice(0, -1), { ...last, content: (last.content ?? "") + reply.text }];
+  }
+  const message: ChatMessage = reply.reasoning === null
+    ? { role: "assistant", content: reply.text }
+    : { role: "assistant", content: reply.content, reasoning_content: reply.reasoning };
+  return [...conversation, message];
+}
+
+/**
+ * What the stored cache keeps of a finished chat turn: the longest prefix of its tokens that the next turn's
+ * prompt starts with (`nextTurnPrefix`: the template's render of the conversation). A template that drops
+ * earlier turns' reasoning (R1's, Qwen3's, QwQ's) ends that prefix before the turn's `<think>`, so the
+ * reasoning rows, and the answer rows after them (which the next turn prefills again as the template renders
+ * the answer), leave the cache before it is stored: the stored session is exactly the prefix a fresh render
+ * of the conversation shares, never rows the next prompt would not contain. Other templates keep everything.
+ * Returns the number of history tokens dropped.
+ */
+export function evictAtCommit(seq: Sequence, nextPrefix: readonly number[] | null): number {
+  if (nextPrefix === null) return 0;
+  const t = seq.tokens;
+  let p = 0;
+  while (p < t.length && p < nextPrefix.length && t[p] === nextPrefix[p]) p++;
+  const dropped = t.length - p;
+  seq.rewind(p);
+  return dropped;
 }
 
 /**

@@ -588,6 +588,31 @@ export function conformance(target: Target): void {
         await ref.forward([{ kv: r3, tokens: [tok], logits: "last" }]);
         await dut.forward([{ kv: d3, tokens: [tok], logits: "last" }]);
         await decode(Math.min(4, target.steps.short), "after loadFrom", [[kd, kr], [d2, r2], [d3, r3]]);
+        // A rewind forgets the rows at positions ≥ p: the device holds what it held minus them (as ts does),
+        // nextPos is p, and it decodes on bit for bit like a cache loaded with exactly that.
+        const held = await snapshot(kd);
+        const p = kd.nextPos - 3;
+        const expect = held.toHost();
+        expect.rewind(p);
+        assert.deepEqual(kd.rewind(p), kr.rewind(p));
+        assert.equal(kd.nextPos, p);
+        for (let l = 0; l < config.nLayers; l++) {
+          assert.deepEqual(kd.positions(l), held.positions(l).filter((q) => q < p));
+        }
+        assertExactKV(expect, await snapshot(kd), "rewind (device)");
+        assertExactKV(expect, kd.toHost(), "rewind (host copy)");
+        check.cache(expect, kr.toHost(), "ts after rewind");
+        assert.throws(() => kd.rewind(p + 1), /outside \[0, \d+\]/);
+        const d4 = dut.createKV();
+        d4.loadFrom(expect);
+        for (const t of [tok, argmax(or.logits)]) {
+          const [x] = await dut.forward([{ kv: kd, tokens: [t], logits: "last", scores: sc }]);
+          const [y] = await dut.forward([{ kv: d4, tokens: [t], logits: "last", scores: sc }]);
+          assert.deepEqual(x.logits, y.logits, "rewound vs loaded: logits");
+          assert.deepEqual(x.scores, y.scores, "rewound vs loaded: scores");
+        }
+        assertExactKV(await snapshot(d4), await snapshot(kd), "rewound vs loaded, after decoding");
+        d4.free();
         assert.throws(
           () => d2.loadFrom(new HostKVCache({ nLayers: 2, nKVHeads: 4, headDim: 8 })),
           /shape mismatch/,

@@ -51,12 +51,10 @@ export function sharedModel(
   return s;
 }
 
-export async function start(
-  over: Partial<Record<keyof ServerConfig, unknown>> = {},
-  opts: Pick<StartOptions, "store"> = {},
-): Promise<RunningServer> {
-  const cfg = buildConfig({
-    model: MODEL_PATH,
+/** A test server's config: the ts backend, any free loopback port, the memory store, no logs; then `over`. */
+function testConfig(model: string, over: Partial<Record<keyof ServerConfig, unknown>>): ServerConfig {
+  return buildConfig({
+    model,
     backend: "ts",
     port: 0,
     host: "127.0.0.1",
@@ -65,13 +63,17 @@ export async function start(
     prefillPerStep: PREFILL_CHUNK,
     ...over,
   });
+}
+
+const testLogger = () => createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent");
+
+export async function start(
+  over: Partial<Record<keyof ServerConfig, unknown>> = {},
+  opts: Pick<StartOptions, "store"> = {},
+): Promise<RunningServer> {
+  const cfg = testConfig(MODEL_PATH, over);
   const { model, backend, reason } = await sharedModel(cfg.kvPrecision);
-  return await startServer(cfg, {
-    ...opts,
-    model,
-    backend: { backend, reason },
-    logger: createLogger(Deno.env.get("LETHE_TEST_LOG") ?? "silent"),
-  });
+  return await startServer(cfg, { ...opts, model, backend: { backend, reason }, logger: testLogger() });
 }
 
 /**
@@ -120,4 +122,13 @@ export async function post(base: string, path: string, body: unknown, headers: R
 export async function get(base: string, path: string, headers: Record<string, string> = {}, method = "GET") {
   const r = await new Client(base).request(method, path, undefined, { headers });
   return { status: r.status, headers: r.headers, json: r.json as Record<string, any>, text: r.text };
+}
+
+/** A server for another (already loaded) model, on a ts backend of its own; `over` as for `start`. */
+export async function startWith(
+  model: LoadedModel,
+  over: Partial<Record<keyof ServerConfig, unknown>> = {},
+  opts: Pick<StartOptions, "store"> = {},
+): Promise<RunningServer> {
+  return await startServer(testConfig(model.path, over), { ...opts, model, logger: testLogger() });
 }

@@ -234,6 +234,15 @@ export class WebGPUKV implements SequenceKV {
     this.commitPlan(plan);
   }
 
+  /** Rewinding keeps a prefix of every layer: no dispatch (keepOffsets skips layers losing their newest rows). */
+  rewind(pos: number): PrunePlan {
+    const plan = this.index.rewindPlan(pos);
+    this.compact(plan);
+    this.index.nextPos = pos;
+    if (this.mirror) this.mirror.nextPos = pos;
+    return plan;
+  }
+
   /** Bytes of K/V held on the GPU for the kept rows, at the real element size (2 B for f16 storage). */
   bytes(): number {
     return this.index.rows() * this.kvDim * 2 * this.elemBytes;

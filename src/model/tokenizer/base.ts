@@ -3,7 +3,7 @@
  * decoding through a per-token byte table (so whole and streaming decoding agree).
  */
 import type { DecodeOptions, EncodeOptions, StreamDecoder, Tokenizer } from "./types.ts";
-import { decodeAll, type PieceBytesTable, PieceStreamDecoder } from "./piece_decoder.ts";
+import { decodeAll, type PieceBytesTable, PieceStreamDecoder, utf8 } from "./piece_decoder.ts";
 
 export abstract class BaseTokenizer implements Tokenizer {
   abstract readonly vocabSize: number;
@@ -54,6 +54,11 @@ export abstract class BaseTokenizer implements Tokenizer {
       throw new RangeError(`token id ${id} out of range [0, ${this.vocabSize})`);
     }
     return this.pieceOf(id);
+  }
+
+  tokenBytes(id: number): Uint8Array {
+    const b = this.#decodeTable().bytes[id];
+    return b !== undefined && b.length > 0 ? b : utf8(this.piece(id));
   }
 
   isEog(id: number): boolean {

@@ -27,6 +27,12 @@ export interface Tokenizer {
   streamDecoder(): StreamDecoder;
   /** The raw piece of a token (for debugging and logit bias), e.g. "▁Once", "<0x0A>" or "Ġthe". */
   piece(id: number): string;
+  /**
+   * The bytes one token stands for, as llama.cpp's `token_to_piece(…, special = true)`: what decoding gives
+   * (" Once", "\n", part of a UTF-8 sequence), and the text of tokens that decoding drops (`<|im_start|>`,
+   * `<s>`). For inspection tools (`/tokenize` with pieces, `/detokenize`).
+   */
+  tokenBytes(id: number): Uint8Array;
   /** The id of the token whose piece is exactly `text` (e.g. `tokenId("<think>")`), or -1. */
   tokenId(text: string): number;
 }

@@ -13,6 +13,7 @@ import type { LoadedModel } from "../../model/loader.ts";
 import type { ServerConfig } from "../config.ts";
 import { notFound, ServiceError } from "../errors.ts";
 import type { Inference } from "../inference.ts";
+import type { ChatRenderer } from "../chat_prompt.ts";
 import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
 import type { SessionService } from "../session_service.ts";
@@ -33,6 +34,10 @@ import { registerCompletions } from "../../../routes/completions.ts";
 import { registerSessions } from "../../../routes/sessions.ts";
 import { registerModels } from "../../../routes/models.ts";
 import { registerHealth } from "../../../routes/health.ts";
+import { registerInspect } from "../../../routes/inspect.ts";
+
+/** The inspection tools at the root (llama.cpp's paths), guarded like `/v1/*`. */
+const INSPECT_PATHS = ["/tokenize", "/detokenize", "/apply-template"];
 
 export interface AppDeps {
   cfg: ServerConfig;
@@ -42,6 +47,8 @@ export interface AppDeps {
   scheduler: Scheduler;
   sessions: SessionService;
   inference: Inference;
+  /** The model's chat template and tokenizer (chat prompts, `/apply-template`). */
+  renderer: ChatRenderer;
   metrics: Metrics;
   logger: Logger;
   keys: ApiKeys;
@@ -82,7 +89,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       },
     }),
   );
-  app.use("/v1/*", auth(deps.keys), rateLimit(deps.limiter), drainGate(deps.state));
+  for (const path of ["/v1/*", ...INSPECT_PATHS]) {
+    app.use(path, auth(deps.keys), rateLimit(deps.limiter), drainGate(deps.state));
+  }
 
   app.onError((err, c) => {
     if (httpError(err).unknown) {
@@ -101,6 +110,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerChat(app);
   registerCompletions(app);
   registerSessions(app);
+  registerInspect(app);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {

@@ -7,7 +7,7 @@ import type { SamplingParams } from "../../engine/sampler.ts";
 import { invalid, notFound } from "../errors.ts";
 import type { AppEnv } from "./app.ts";
 import { httpError } from "./errors.ts";
-import type { GenerateParams, GenerateResult, Inference } from "../inference.ts";
+import type { GenerateParams, GenerateResult, Inference, TextDelta } from "../inference.ts";
 
 export interface SamplingBody {
   max_tokens?: number | null;
@@ -82,7 +82,7 @@ export function randomId(prefix: string): string {
 }
 
 /**
- * Run a generation as an SSE stream: `first()` (if any), then `chunk(text)` for each piece of text, then
+ * Run a generation as an SSE stream: `first()` (if any), then `chunk(delta)` for each piece of the reply, then
  * `final(result)` and `[DONE]`. Errors before generation starts are thrown (a proper HTTP status); errors
  * after are sent as an `error` event. The response pulls from the generation: a client that goes away
  * cancels it.
@@ -93,20 +93,20 @@ export async function streamGeneration(
   params: Omit<GenerateParams, "signal" | "stream">,
   events: {
     first?: () => unknown;
-    chunk: (text: string) => unknown;
+    chunk: (delta: TextDelta) => unknown;
     final: (r: GenerateResult) => unknown[];
   },
 ): Promise<Response> {
   const first = events.first?.();
   const gen = await inference.start({ ...params, stream: true, signal: c.req.raw.signal });
-  const text = gen.text!.getReader();
+  const deltas = gen.deltas!.getReader();
   const log = params.log;
   const body = new ReadableStream<Uint8Array>({
     start(ctrl) {
       if (first !== undefined) ctrl.enqueue(sse(first));
     },
     async pull(ctrl) {
-      const r = await text.read();
+      const r = await deltas.read();
       if (!r.done) return ctrl.enqueue(sse(events.chunk(r.value)));
       try {
         for (const e of events.final(await gen.done)) ctrl.enqueue(sse(e));
@@ -117,7 +117,7 @@ export async function streamGeneration(
       ctrl.enqueue(sse("[DONE]"));
       ctrl.close();
     },
-    cancel: (reason) => text.cancel(reason),
+    cancel: (reason) => deltas.cancel(reason),
   });
   return new Response(body, {
     status: 200,

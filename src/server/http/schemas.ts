@@ -72,16 +72,59 @@ export const samplingFields = {
 
 const ContentPart = z.object({ type: z.literal("text"), text: z.string() });
 
+const ToolCallSchema = z.object({
+  id: z.string(),
+  type: z.literal("function"),
+  function: z.object({ name: z.string(), arguments: z.string() }),
+}).openapi("ToolCall");
+
+/** An OpenAI tool (function) schema; passed to the chat template as it is. */
+export const ToolSchema = z.object({
+  type: z.literal("function"),
+  function: z.object({
+    name: z.string().min(1),
+    description: z.string().optional(),
+    parameters: z.record(z.string(), z.unknown()).optional(),
+  }).catchall(z.unknown()),
+}).openapi("Tool");
+
 export const ChatMessageSchema = z.object({
   role: z.enum(["system", "developer", "user", "assistant", "tool"]),
   content: z.union([z.string(), z.array(ContentPart)]).nullable(),
   name: z.string().optional(),
+  reasoning_content: z.string().nullish().openapi({
+    description: "An assistant turn's reasoning (as returned); templates that render reasoning read it",
+  }),
+  tool_calls: z.array(ToolCallSchema).nullish(),
+  tool_call_id: z.string().nullish(),
+});
+
+/** How a conversation is rendered: shared by chat completions and `/apply-template`. */
+export const templateFields = {
+  messages: z.array(ChatMessageSchema).min(1),
+  tools: z.array(ToolSchema).nullish().openapi({ description: "Tool schemas, passed to the chat template" }),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish().openapi({
+    description:
+      'Extra chat template variables, e.g. {"enable_thinking": false} (over --chat-template-kwargs)',
+  }),
+  add_generation_prompt: z.boolean().nullish().openapi({
+    description: "Append the template's assistant prefix (default true)",
+  }),
+  continue_final_message: z.boolean().nullish().openapi({
+    description: "The final assistant message is an unfinished prefix: the reply continues it",
+  }),
+};
+
+export const ReasoningFormatSchema = z.enum(["deepseek", "none"]).openapi({
+  description: "deepseek: a <think> model's reasoning in reasoning_content; none: left in content " +
+    "(default: --reasoning-format)",
 });
 
 export const ChatRequestSchema = z.object({
   model: z.string().min(1),
-  messages: z.array(ChatMessageSchema).min(1),
+  ...templateFields,
   max_completion_tokens: z.number().int().min(1).nullish(),
+  reasoning_format: ReasoningFormatSchema.nullish(),
   ...samplingFields,
 }).openapi("ChatCompletionRequest", {
   example: {
@@ -94,6 +137,10 @@ export const ChatRequestSchema = z.object({
 export const CompletionRequestSchema = z.object({
   model: z.string().min(1),
   prompt: z.string(),
+  parse_special: z.boolean().nullish().openapi({
+    description:
+      "Turn the text of special tokens (<|im_start|>) in the prompt into those tokens (default false)",
+  }),
   ...samplingFields,
 }).openapi("CompletionRequest", {
   example: { model: "stories260K", prompt: "Once upon a time", max_tokens: 32 },
@@ -104,6 +151,7 @@ export const UsageSchema = z.object({
   completion_tokens: z.number().int(),
   total_tokens: z.number().int(),
   prompt_tokens_details: z.object({ cached_tokens: z.number().int() }),
+  completion_tokens_details: z.object({ reasoning_tokens: z.number().int() }).optional(),
 }).openapi("Usage");
 
 export const KvReportSchema = z.object({
@@ -126,7 +174,11 @@ export const ChatResponseSchema = z.object({
   model: z.string(),
   choices: z.array(z.object({
     index: z.number().int(),
-    message: z.object({ role: z.literal("assistant"), content: z.string() }),
+    message: z.object({
+      role: z.literal("assistant"),
+      content: z.string(),
+      reasoning_content: z.string().optional(),
+    }),
     finish_reason: z.enum(["stop", "length"]),
     logprobs: z.null(),
   })),
