@@ -356,12 +356,12 @@ const codec: Target<CodecCtx, Uint8Array> = {
         return envelope(p, r.chance(0.9) ? 0 : r.int(256), r.chance(0.9) ? precision : r.int(256), p.length);
       }
       case 2: { // a snapshot whose JSON parts (policy, sampler, meta) or tokens are wrong, encoded properly
-        // deno-lint-ignore no-explicit-any
         const bad = mutateJson(r, {
           policy: { name: snap.policy.name, params: snap.policy.params, meta: {} },
           sampler: snap.sampler,
           meta: snap.meta,
           tokens: snap.tokens,
+          // deno-lint-ignore no-explicit-any
         }) as Record<string, any>;
         try {
           return encodeSnapshot({
