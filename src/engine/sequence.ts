@@ -8,7 +8,7 @@
  */
 import type { Backend, StepInput, StepOutput } from "./backend.ts";
 import type { SequenceKV } from "../kv/cache.ts";
-import type { KVPolicy, Phase } from "../kv/policy.ts";
+import type { KVPolicy, Phase, PruneEvent } from "../kv/policy.ts";
 import type { StreamDecoder, Tokenizer } from "../model/tokenizer/types.ts";
 import { Sampler, type SamplingParams } from "./sampler.ts";
 
@@ -31,6 +31,8 @@ export interface SequenceEvent {
   /** Text that became final with this step (stop strings are held back until ruled out). */
   text: string;
   finished: boolean;
+  /** The layers the KV policy pruned after this step (absent when it pruned none): what KV watchers see. */
+  pruned?: PruneEvent[];
 }
 
 export interface SequenceStats {
@@ -131,7 +133,13 @@ export class Sequence {
   }
 
   accept(out: StepOutput): SequenceEvent {
-    this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase);
+    const { pruneEvents } = this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase);
+    const ev = this.#sample(out);
+    if (pruneEvents.length > 0) ev.pruned = pruneEvents;
+    return ev;
+  }
+
+  #sample(out: StepOutput): SequenceEvent {
     if (this.lastPhase === "prefill") this.prefilled += this.lastN;
     if (this.pending > 0) return { token: null, text: "", finished: false };
     if (!this.decoderPrimed) {
