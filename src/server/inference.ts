@@ -10,6 +10,7 @@ import type { SamplingParams } from "../engine/sampler.ts";
 import type { Sequence } from "../engine/sequence.ts";
 import { type JobResult, QueueFullError, type Scheduler, SchedulerClosedError } from "../engine/scheduler.ts";
 import type { Backend } from "../engine/backend.ts";
+import type { TurnRecord } from "../session/bundle.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { ChatRenderer } from "./chat_prompt.ts";
 import { cancelled, invalid, rateLimited, shuttingDown, timedOut } from "./errors.ts";
@@ -17,6 +18,7 @@ import type { SessionService } from "./session_service.ts";
 import { leaseLost, Turn, type TurnInput, type TurnPlan, validatePolicySpec } from "./turn.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
+import { KvWatch } from "./kv_watch.ts";
 
 export interface InferenceLimits {
   maxPromptTokens: number;
@@ -84,6 +86,8 @@ export class Inference {
     readonly renderer: ChatRenderer,
     readonly limits: InferenceLimits,
     readonly metrics: Metrics,
+    /** Where a session's running turn reports its KV events (watchers: GET /v1/sessions/{id}/events). */
+    readonly watch: KvWatch = new KvWatch(),
   ) {}
 
   /**
@@ -110,7 +114,7 @@ export class Inference {
         sampling: p.sampling,
         prefillChunk: this.limits.prefillChunk,
       });
-      return this.#run(turn, plan, seq, p);
+      return this.#run(turn, plan, seq, p, maxTokens);
     } catch (e) {
       await turn.abort();
       throw e;
@@ -157,7 +161,7 @@ export class Inference {
   }
 
   /** Submit the sequence; the returned `done` commits the turn when it finishes (or aborts it). */
-  #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams): Generation {
+  #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams, maxTokens: number): Generation {
     const cancel = new AbortController();
     let sink = null as ReadableStreamDefaultController<string> | null;
     const text = p.stream
@@ -171,17 +175,28 @@ export class Inference {
       : null;
     let reply = "";
     let job: Promise<JobResult>;
+    const trace = this.watch.trace(turn.sessionId, turn.number, seq);
+    trace.start({
+      history_tokens: turn.historyTokens,
+      prompt_tokens: plan.promptTokens,
+      cached_tokens: plan.cached,
+      max_tokens: maxTokens,
+      policy: { name: turn.policyChoice.name, ...turn.policyChoice.params },
+      rebuilt: turn.rebuilt,
+    });
     try {
       job = this.scheduler.submit(seq, {
         signal: AbortSignal.any([p.signal, cancel.signal, turn.leaseLost]),
         deadline: p.startedAt + this.limits.requestTimeoutMs,
         onToken: (ev) => {
+          trace.step(ev.pruned);
           if (!ev.text) return;
           reply += ev.text;
           sink?.enqueue(ev.text);
         },
       });
     } catch (e) {
+      trace.fail(e);
       if (e instanceof QueueFullError) throw rateLimited(e.message, e.retryAfterSec, "queue_full");
       if (e instanceof SchedulerClosedError) throw shuttingDown();
       throw e;
@@ -189,14 +204,29 @@ export class Inference {
     const done = (async (): Promise<GenerateResult> => {
       try {
         const r = await job;
+        trace.settle();
         const st = seq.stats();
-        this.#observe(r, st.generatedTokens, st.pruneRounds, plan, p);
+        this.#observe(r, st.generatedTokens, trace.rounds, plan, p);
         if (r.timedOut) throw timedOut(this.limits.requestTimeoutMs);
         if (r.finishReason === "cancelled") {
           throw turn.leaseLost.aborted ? leaseLost(turn.sessionId!) : cancelled();
         }
-        const storedBytes = await turn.commit(reply);
-        return {
+        const record: TurnRecord = {
+          turn: turn.number,
+          start: turn.historyTokens,
+          end: seq.tokens.length,
+          prompt_tokens: plan.promptTokens,
+          cached_tokens: plan.cached,
+          generated_tokens: st.generatedTokens,
+          kept_per_layer: st.keptPerLayer,
+          kv_bytes: st.kvBytes,
+          stored_bytes: null,
+          pruning_rounds: trace.rounds,
+          prune_spans: trace.spans,
+          at: Date.now(),
+        };
+        const storedBytes = await turn.commit(reply, record);
+        const result: GenerateResult = {
           text: reply,
           finishReason: r.finishReason,
           usage: {
@@ -219,6 +249,11 @@ export class Inference {
           },
           sessionId: turn.sessionId,
         };
+        trace.end({ finish_reason: r.finishReason, usage: result.usage, kv: result.kv, record });
+        return result;
+      } catch (e) {
+        trace.fail(e);
+        throw e;
       } finally {
         await turn.abort(); // a no-op after a commit
         sink?.close();

@@ -24,7 +24,7 @@ import type { SequenceKV } from "../kv/cache.ts";
 import { createPolicy, type KVPolicy, parsePolicySpec, PolicyParamError } from "../kv/policy.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { Tokenizer } from "../model/tokenizer/types.ts";
-import { decodeBundle } from "../session/bundle.ts";
+import { decodeBundle, MAX_TURN_RECORDS, type TurnRecord } from "../session/bundle.ts";
 import { decodeSnapshot, SnapshotError } from "../session/codec.ts";
 import { type ChatMessage, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
 import { conflict, internal, invalid } from "./errors.ts";
@@ -94,6 +94,10 @@ export class Turn {
   #seq: Sequence | null = null;
   /** Why the cache was rebuilt instead of resumed, if it was. */
   rebuilt: string | null = null;
+  /** The session's turn records so far (its KV timeline); a commit adds this turn's. */
+  #turns: TurnRecord[] = [];
+  /** The policy's pruning-round counter (it carries on across a session's turns) when the turn started. */
+  #roundsAtStart = 0;
 
   private constructor(
     readonly ctx: TurnContext,
@@ -135,6 +139,7 @@ export class Turn {
     if (this.slot!.meta.turns === 0) return; // nothing stored yet
     const bundle = decodeBundle(blob);
     const messages = (bundle.history?.messages ?? []) as ChatMessage[];
+    this.#turns = bundle.history?.turns ?? [];
     if (input.kind === "chat" && diverges(messages, input.messages)) {
       // The client resent a conversation that is not a continuation of the stored one: start over from it.
       log.info({ session: id }, "conversation diverges from the stored history; rebuilding the cache");
@@ -200,6 +205,11 @@ export class Turn {
     return this.slot?.id;
   }
 
+  /** This turn's number in its session (1 for the first; 1 without a session). */
+  get number(): number {
+    return (this.slot?.meta.turns ?? 0) + 1;
+  }
+
   /** Tokens of history the turn starts from (in the cache or still to prefill). */
   get historyTokens(): number {
     return this.#tokens.length;
@@ -256,6 +266,7 @@ export class Turn {
     }
     seq.feed(plan.newTokens);
     seq.start();
+    this.#roundsAtStart = this.#policy.stats.pruneRounds;
     this.#seq = seq;
     this.#state = "running";
     return seq;
@@ -264,8 +275,9 @@ export class Turn {
   /**
    * The finished sequence becomes the session's new version (compare-and-set on the version read at open).
    * Returns the stored bytes (null without a session). Refuses, aborting, when the lease was lost.
+   * `record` (what the turn did to the cache) joins the session's timeline.
    */
-  async commit(reply: string): Promise<number | null> {
+  async commit(reply: string, record?: TurnRecord): Promise<number | null> {
     this.#expect("running", "commit");
     let stored: number | null = null;
     let ok = false;
@@ -275,7 +287,9 @@ export class Turn {
         const messages = this.#conversation
           ? [...this.#conversation, { role: "assistant", content: reply }]
           : this.#messages;
-        stored = await this.slot.service.save(this.slot, this.#seq!, messages);
+        const turns = record ? [...this.#turns, record].slice(-MAX_TURN_RECORDS) : this.#turns;
+        const rounds = this.#policy.stats.pruneRounds - this.#roundsAtStart;
+        stored = await this.slot.service.save(this.slot, this.#seq!, { messages, turns, rounds });
       }
       ok = true;
       return stored;
