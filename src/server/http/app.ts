@@ -31,6 +31,7 @@ import {
 import { registerChat } from "../../../routes/chat.ts";
 import { registerCompletions } from "../../../routes/completions.ts";
 import { registerSessions } from "../../../routes/sessions.ts";
+import { registerSessionKv } from "../../../routes/session_kv.ts";
 import { registerModels } from "../../../routes/models.ts";
 import { registerHealth } from "../../../routes/health.ts";
 
@@ -101,6 +102,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerChat(app);
   registerCompletions(app);
   registerSessions(app);
+  registerSessionKv(app);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
