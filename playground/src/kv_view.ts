@@ -73,6 +73,11 @@ export class KvPanel {
     new ResizeObserver(() => this.#drawStrip()).observe(this.wrap);
   }
 
+  /** Redraw the strip (its panel just became visible: the width it had was 0). */
+  redraw(): void {
+    this.#drawStrip();
+  }
+
   /** Show a committed view (from GET /v1/sessions/{id}/kv). */
   show(view: KvView | null): void {
     this.view = view;

@@ -150,6 +150,7 @@ class Playground {
         x.tabIndex = x === t ? 0 : -1;
       }
       document.body.dataset.tab = t.dataset.tab;
+      if (t.dataset.tab === "kv") this.kv.redraw();
       if (focus) t.focus();
     };
     for (const [i, t] of tabs.entries()) {
