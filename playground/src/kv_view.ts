@@ -275,10 +275,12 @@ export class KvPanel {
   #showTip(layer: number, pos: number): void {
     this.tip.textContent = this.describe(layer, pos);
     this.tip.hidden = false;
-    const x = STRIP.gutter + pos * this.#cell - this.wrap.scrollLeft;
+    // the tip is positioned in the scrolled content's coordinates: keep it inside the visible part
+    const x = STRIP.gutter + pos * this.#cell;
+    const lo = this.wrap.scrollLeft + 2,
+      hi = this.wrap.scrollLeft + this.wrap.clientWidth - this.tip.offsetWidth - 2;
     const y = (layer + 1) * (STRIP.rowH + STRIP.gap) + 4;
-    const maxX = this.wrap.clientWidth - this.tip.offsetWidth - 4;
-    this.tip.style.left = `${Math.max(0, Math.min(maxX, x - 40))}px`;
+    this.tip.style.left = `${Math.max(lo, Math.min(hi, x - 40))}px`;
     this.tip.style.top = `${y}px`;
   }
 

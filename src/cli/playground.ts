@@ -52,7 +52,7 @@ async function screenshot(out: string, phoneOut: string): Promise<void> {
   const srv = await startServerProcess({
     args: ["--store", "memory:", "--backend", "native", "--log-level", "warn", "--default-max-tokens", "96"],
   });
-  const browser = await launchBrowser({ width: 1440, height: 1060 });
+  const browser = await launchBrowser({ width: 1440, height: 1160 });
   try {
     const page = await browser.context.newPage();
     await page.goto(`${srv.url}/`);
@@ -82,7 +82,9 @@ async function screenshot(out: string, phoneOut: string): Promise<void> {
     // deno-lint-ignore no-explicit-any
     await page.waitForFunction(() => (globalThis as any).playground.kv.view?.turns === 3);
     await page.selectOption("#lens-layer", "2");
+    await page.click("#generation summary"); // closed again
     await page.evaluate(() => {
+      for (const p of document.querySelectorAll(".panel")) p.scrollTop = 0;
       document.getElementById("lens")!.scrollTop = 1e6;
       (document.activeElement as HTMLElement | null)?.blur();
     });
