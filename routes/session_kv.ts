@@ -89,13 +89,16 @@ const WatchEventSchema = z.object({
   kv_bytes: z.number().int().optional(),
   prunes: z.array(z.object({
     pos: z.number().int(),
+    steps: z.number().int().openapi({
+      description: "Consecutive steps (at pos, pos+1, …) that each pruned these layers the same way",
+    }),
     layers: z.array(z.tuple([z.number().int(), z.number().int(), z.number().int()])).openapi({
       description: "[layer, rows before, rows after] of each layer the step pruned",
     }),
   })).optional(),
 }).passthrough().openapi("SessionWatchEvent", {
   description:
-    "One `data:` line of the events stream. watch {session, running} on connect; turn.start {turn, history_tokens, prompt_tokens, cached_tokens, max_tokens, policy, rebuilt}; kv {turn, pos, generated, kept_per_layer, kv_bytes, prunes} at most every 50 ms while a turn runs; turn.end {turn, finish_reason, usage, kv, record}; turn.error {turn, error}",
+    "One `data:` line of the events stream. watch {session, running} on connect; turn.start {turn, history_tokens, prompt_tokens, cached_tokens, max_tokens, policy, rebuilt}; kv {turn, pos, generated, kept_per_layer, kv_bytes, prunes: [{pos, steps, layers}]} at most every 50 ms while a turn runs; turn.end {turn, finish_reason, usage, kv, record}; turn.error {turn, error}",
 });
 
 const kvRoute = createRoute({

@@ -328,12 +328,20 @@ Deno.test(
         policy: { name: "streaming", budget: 24, sink: 4 },
         rebuilt: null,
       });
-      const prunes = w.events.filter((e) => e.type === "kv").flatMap((e) => e.prunes);
-      assert.equal(prunes.length, end.record.pruning_rounds, "one prune record per pruning round");
-      prunes.forEach((p: any, i: number) => {
+      // streaming at its budget prunes every layer from 25 to 24 rows at every step from the 25th token on: runs
+      const records = w.events.filter((e) => e.type === "kv").flatMap((e) => e.prunes);
+      const steps = records.flatMap((r: any) =>
+        Array.from({ length: r.steps }, (_, i) => ({ pos: r.pos + i, layers: r.layers }))
+      );
+      assert.equal(steps.length, end.record.pruning_rounds, "one prune step per pruning round");
+      steps.forEach((p: any, i: number) => {
         assert.equal(p.pos, 25 + i, "streaming prunes at every step from the 25th token");
         assert.deepEqual(p.layers, [0, 1, 2, 3, 4].map((l) => [l, 25, 24]));
       });
+      assert.ok(
+        records.length <= w.events.filter((e) => e.type === "kv").length,
+        "one run per event at most",
+      );
       const kvEvents = w.events.filter((e) => e.type === "kv");
       assert.deepEqual(kvEvents[kvEvents.length - 1].kept_per_layer, [24, 24, 24, 24, 24]);
       assert.equal(end.finish_reason, "length");

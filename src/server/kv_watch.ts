@@ -10,7 +10,9 @@
  * Events (SSE `data:` lines of JSON, each with a `type`):
  *   watch       once, on connect: `{session, running}` (a turn is running now)
  *   turn.start  `{turn, history_tokens, prompt_tokens, cached_tokens, max_tokens, policy, rebuilt}`
- *   kv          `{turn, pos, generated, kept_per_layer, kv_bytes, prunes: [{pos, layers: [[layer, before, after]…]}]}`
+ *   kv          `{turn, pos, generated, kept_per_layer, kv_bytes, prunes: [{pos, steps, layers: [[layer, before, after]…]}]}`
+ *               a prune record stands for `steps` consecutive steps from position `pos` (pos, pos+1, …) that each
+ *               pruned exactly these layers from `before` to `after` rows (a policy at its budget does this every step)
  *   turn.end    `{turn, finish_reason, usage, kv, record}` (record: the timeline entry stored with the turn)
  *   turn.error  `{turn, error: {message, code}}` (the turn was not saved)
  * Turns running on other instances of a multi-instance deployment are not seen here.
@@ -164,8 +166,12 @@ export class KvWatch {
  */
 export class TurnTrace {
   readonly spans: [number, number][] = [];
-  #pending: { pos: number; layers: [number, number, number][] }[] = [];
+  #pending: { pos: number; steps: number; layers: [number, number, number][] }[] = [];
   #lastFlush = 0;
+  /** Steps between looks at the clock (about ten per flush interval, from the last interval's step rate). */
+  #checkEvery = 1;
+  #sinceCheck = 0;
+  #sinceFlush = 0;
   readonly #roundsAtStart: number;
 
   constructor(
@@ -201,15 +207,37 @@ export class TurnTrace {
       if (last && pos - last[1] <= 1) last[1] = pos;
       else if (this.spans.length < 256) this.spans.push([pos, pos]);
       else last[1] = pos; // very many separate rounds: the last span absorbs the rest
-      if (this.ch?.watched) {
-        this.#pending.push({ pos, layers: pruned.map((e) => [e.layer, e.before, e.after]) });
+      if (this.ch?.watched) this.#buffer(pos, pruned);
+    }
+    if (this.ch?.watched) {
+      this.#sinceFlush++;
+      if (++this.#sinceCheck < this.#checkEvery) return;
+      this.#sinceCheck = 0;
+      if (performance.now() - this.#lastFlush >= this.watch.opts.flushMs) this.#flush();
+    }
+  }
+
+  /** A prune step for the watchers: it extends the last record when it repeats it at the next position. */
+  #buffer(pos: number, pruned: PruneEvent[]): void {
+    const last = this.#pending[this.#pending.length - 1];
+    if (last && last.pos + last.steps === pos && last.layers.length === pruned.length) {
+      let same = true;
+      for (let i = 0; i < pruned.length && same; i++) {
+        const a = last.layers[i], e = pruned[i];
+        same = a[0] === e.layer && a[1] === e.before && a[2] === e.after;
+      }
+      if (same) {
+        last.steps++;
+        return;
       }
     }
-    if (this.ch?.watched && performance.now() - this.#lastFlush >= this.watch.opts.flushMs) this.#flush();
+    this.#pending.push({ pos, steps: 1, layers: pruned.map((e) => [e.layer, e.before, e.after]) });
   }
 
   #flush(): void {
     this.#lastFlush = performance.now();
+    this.#checkEvery = Math.max(1, Math.floor(this.#sinceFlush / 10));
+    this.#sinceFlush = 0;
     const st = this.seq.stats();
     this.#send({
       type: "kv",
