@@ -1,5 +1,4 @@
 // deno-lint-ignore-file no-explicit-any
-/// <reference lib="dom" />
 /**
  * The playground page in Debian's headless chromium (playwright-core, a fresh profile, loopback only) against
  * a real server: a chat turn streams into the page; switching the KV policy changes the KV view; a resumed
@@ -9,9 +8,17 @@
  */
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
-import { get, start } from "./support/server_harness.ts";
+import { get, post, start } from "./support/server_harness.ts";
 import { type Browser, launchBrowser } from "../src/client/browser.ts";
 import { buildPlayground } from "../src/cli/playground.ts";
+
+// The page's globals, used inside page.evaluate callbacks (they run in chromium, not in Deno; the DOM library
+// is not part of the Deno program's types).
+declare const document: any, getComputedStyle: any, innerWidth: number, MutationObserver: any;
+type Element = any;
+type HTMLElement = any;
+type HTMLCanvasElement = any;
+type HTMLInputElement = any;
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
@@ -116,7 +123,7 @@ Deno.test(
         // count the separate pieces appended to the reply while it streams
         await page.evaluate(() => {
           (globalThis as any).pieces = 0;
-          new MutationObserver((ms) => {
+          new MutationObserver((ms: any[]) => {
             for (const m of ms) {
               if (
                 (m.target as Element).closest?.(".msg.assistant .content") ||
@@ -233,6 +240,84 @@ Deno.test(
         assert.equal(await fresh.textContent("#tile-seen"), String(v.next_pos));
         assert.deepEqual(await stripStates(fresh), expectedStates(v));
         await fresh.close();
+      });
+
+      await t.step("a turn another client sends shows live, then as stored", async () => {
+        await page.evaluate(() => {
+          const kv = (globalThis as any).playground.kv;
+          const live = kv.live.bind(kv);
+          (globalThis as any).liveCalls = [];
+          kv.live = (l: any) => ((globalThis as any).liveCalls.push(l), live(l));
+        });
+        const r = await post(srv.url, "/v1/chat/completions", {
+          model: "stories260K",
+          messages: [{ role: "user", content: "The cat sat on the mat." }],
+          max_tokens: 32,
+          temperature: 0,
+          session_id: streamingId,
+        });
+        assert.equal(r.status, 200, r.text);
+        await page.waitForFunction(() => document.querySelectorAll("#messages .msg.user").length === 3);
+        const calls = await page.evaluate(() => (globalThis as any).liveCalls);
+        assert.ok(calls.length >= 2, "turn.start and at least one kv event reached the view");
+        assert.deepEqual(calls[calls.length - 1].keptPerLayer, [16, 16, 16, 16, 16]);
+        assert.equal(
+          await page.textContent(".msg.assistant:last-child .content"),
+          r.json.choices[0].message.content,
+        );
+        const v = (await get(srv.url, `/v1/sessions/${streamingId}/kv`)).json;
+        assert.equal(
+          calls[calls.length - 1].rounds,
+          v.timeline[2].pruning_rounds,
+          "every prune step was seen live",
+        );
+        assert.deepEqual(await stripStates(page), expectedStates(v));
+      });
+
+      await t.step("a reasoning model's reasoning is shown apart from its answer", async () => {
+        // the API's reasoning fields (delta.reasoning_content) as a reasoning model streams them
+        const chunk = (delta: Record<string, string>) =>
+          `data: ${
+            JSON.stringify({
+              object: "chat.completion.chunk",
+              choices: [{ index: 0, delta, finish_reason: null }],
+            })
+          }\n\n`;
+        const body = chunk({ role: "assistant", content: "" }) +
+          chunk({ reasoning_content: "The user wants a story. " }) +
+          chunk({ reasoning_content: "Keep it short." }) + chunk({ content: "Once upon a time" }) +
+          chunk({ content: ", a cat slept." }) +
+          `data: ${
+            JSON.stringify({
+              choices: [],
+              usage: {
+                prompt_tokens: 5,
+                completion_tokens: 9,
+                total_tokens: 14,
+                prompt_tokens_details: { cached_tokens: 0 },
+              },
+            })
+          }\n\n` + "data: [DONE]\n\n";
+        await page.route(
+          "**/v1/chat/completions",
+          (route) => route.fulfill({ status: 200, headers: { "content-type": "text/event-stream" }, body }),
+        );
+        await say(page, "Tell me a story.");
+        await page.unroute("**/v1/chat/completions");
+        const last = page.locator(".msg.assistant").last();
+        assert.equal(
+          await last.locator(".reasoning-text").textContent(),
+          "The user wants a story. Keep it short.",
+        );
+        assert.equal(await last.locator(".content").textContent(), "Once upon a time, a cat slept.");
+        assert.ok(await last.locator(".reasoning").isVisible());
+        assert.equal(
+          await last.locator(".reasoning").getAttribute("open"),
+          null,
+          "collapsed once the answer started",
+        );
+        await page.reload(); // back to the stored conversation
+        await page.waitForFunction((id) => (globalThis as any).playground?.kv.view?.id === id, streamingId);
       });
 
       await t.step("keyboard, labels and contrast", async () => {

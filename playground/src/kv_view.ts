@@ -209,10 +209,11 @@ export class KvPanel {
         const x = STRIP.gutter + p * cw;
         const st = this.stateOf(l, p);
         if (st === "pending") {
+          // white with a grey edge above and below (the centre stays white however narrow the cell)
+          ctx.fillStyle = STRIP.pendingEdge;
+          ctx.fillRect(x, y, Math.max(1, cw - 1), STRIP.rowH);
           ctx.fillStyle = STRIP.pending;
-          ctx.fillRect(x, y, cw - 1, STRIP.rowH);
-          ctx.strokeStyle = STRIP.pendingEdge;
-          ctx.strokeRect(x + 0.5, y + 0.5, cw - 2, STRIP.rowH - 1);
+          ctx.fillRect(x, y + 2, Math.max(1, cw - 1), STRIP.rowH - 4);
           continue;
         }
         const t = st === "kept" ? (v.scored ? this.#shade[l].get(p)! : 1) : 0;

@@ -272,7 +272,8 @@ class Playground {
         rounds: 0,
       });
     } else if (ev.type === "kv") {
-      const prunes = (ev.prunes as { pos: number }[]).map((p) => p.pos);
+      const prunes = (ev.prunes as { pos: number; steps: number }[])
+        .flatMap((p) => Array.from({ length: p.steps }, (_, i) => p.pos + i));
       this.#liveRounds += prunes.length;
       this.kv.live({
         turn: ev.turn as number,
