@@ -167,11 +167,9 @@ export class KvWatch {
 export class TurnTrace {
   readonly spans: [number, number][] = [];
   #pending: { pos: number; steps: number; layers: [number, number, number][] }[] = [];
-  #lastFlush = 0;
-  /** Steps between looks at the clock (about ten per flush interval, from the last interval's step rate). */
-  #checkEvery = 1;
-  #sinceCheck = 0;
-  #sinceFlush = 0;
+  /** Set every `flushMs` by a timer while watched (no clock reads in the decode loop). */
+  #due = false;
+  #timer: ReturnType<typeof setInterval> | undefined;
   readonly #roundsAtStart: number;
 
   constructor(
@@ -196,7 +194,6 @@ export class TurnTrace {
 
   start(info: Record<string, unknown>): void {
     this.#send({ type: "turn.start", ...info });
-    this.#lastFlush = performance.now();
   }
 
   /** After each reported step (decode loop: keep it cheap). */
@@ -210,10 +207,8 @@ export class TurnTrace {
       if (this.ch?.watched) this.#buffer(pos, pruned);
     }
     if (this.ch?.watched) {
-      this.#sinceFlush++;
-      if (++this.#sinceCheck < this.#checkEvery) return;
-      this.#sinceCheck = 0;
-      if (performance.now() - this.#lastFlush >= this.watch.opts.flushMs) this.#flush();
+      this.#timer ??= setInterval(() => (this.#due = true), this.watch.opts.flushMs);
+      if (this.#due) this.#flush();
     }
   }
 
@@ -235,9 +230,7 @@ export class TurnTrace {
   }
 
   #flush(): void {
-    this.#lastFlush = performance.now();
-    this.#checkEvery = Math.max(1, Math.floor(this.#sinceFlush / 10));
-    this.#sinceFlush = 0;
+    this.#due = false;
     const st = this.seq.stats();
     this.#send({
       type: "kv",
@@ -252,17 +245,20 @@ export class TurnTrace {
 
   /** The sequence finished (its cache still alive): the last buffered prune events go out. */
   settle(): void {
+    clearInterval(this.#timer);
     if (this.ch?.watched) this.#flush();
   }
 
   /** The turn committed. */
   end(info: { finish_reason: string; usage: unknown; kv: unknown; record: TurnRecord | null }): void {
+    clearInterval(this.#timer);
     this.#send({ type: "turn.end", ...info });
     this.watch.done(this.id, this.ch);
   }
 
   /** The turn failed or was cancelled (nothing was saved). */
   fail(e: unknown): void {
+    clearInterval(this.#timer);
     const err = e as { message?: string; code?: string };
     this.#send({
       type: "turn.error",
