@@ -5,58 +5,14 @@
  */
 import { Client, type ClientResponse } from "../../src/client/http.ts";
 
-/** The read-only KV view of a session (`GET /v1/sessions/{id}/kv`; routes/session_kv.ts). */
-export interface KvView {
-  id: string;
-  turns: number;
-  policy: { name: string; params: Record<string, unknown> };
-  scored: boolean;
-  limits: {
-    kind: "budget" | "trigger" | "none";
-    per_layer: number[] | null;
-    total: number | null;
-    note: string;
-  };
-  n_layers: number;
-  tokens: number[];
-  token_texts: string[];
-  next_pos: number;
-  layers: { layer: number; positions: number[]; scores: number[] }[];
-  kv_bytes: number;
-  stored_bytes: number;
-  pruning_rounds: number;
-  precision: string;
-  timeline: TurnRecord[];
-  snapshot_error: string | null;
-}
-
-export interface TurnRecord {
-  turn: number;
-  start: number;
-  end: number;
-  prompt_tokens: number;
-  cached_tokens: number;
-  generated_tokens: number;
-  kept_per_layer: number[];
-  kv_bytes: number;
-  stored_bytes: number | null;
-  pruning_rounds: number;
-  prune_spans: [number, number][];
-  at: number;
-}
-
-export interface SessionInfo {
-  id: string;
-  turns: number;
-  tokens: number;
-  kv_policy: { name: string } & Record<string, unknown>;
-}
-
-export interface Message {
-  role: string;
-  content: string;
-  reasoning_content?: string;
-}
+// The server's own response types (type-only: nothing of the server goes into the page's bundle).
+export type { KvView } from "../../src/server/session_view.ts";
+export type { TurnRecord } from "../../src/session/bundle.ts";
+export type { SessionInfo } from "../../src/server/session_service.ts";
+export type { TranscriptMessage as Message } from "../../src/server/session_view.ts";
+import type { KvView } from "../../src/server/session_view.ts";
+import type { SessionInfo } from "../../src/server/session_service.ts";
+import type { TranscriptMessage as Message } from "../../src/server/session_view.ts";
 
 /** A failed request: the OpenAI error body's message, status and code. */
 export class ApiError extends Error {

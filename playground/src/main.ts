@@ -109,7 +109,8 @@ class Playground {
     byId("forget-session").addEventListener("click", () => {
       if (!this.current) return;
       saved.sessions = saved.sessions.filter((s) => s.id !== this.current);
-      this.current = saved.current = undefined as unknown as string;
+      this.current = null;
+      delete saved.current;
       save();
       this.#renderSessions();
       this.#empty();
