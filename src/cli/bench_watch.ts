@@ -6,7 +6,9 @@
  *    rounds, one with and one without a watcher reading every event of every session (order alternating),
  *    each round C concurrent sessions decoding one greedy streamed turn of N tokens (greedy: both sides
  *    generate exactly the same tokens). Reported: the median over the pairs of (tok/s watched) / (tok/s
- *    unwatched), with its interquartile range: on a shared, busy machine a pair's two rounds see the same load.
+ *    unwatched), with its interquartile range (on a shared, busy machine a pair's two rounds see about the
+ *    same load), and the server process's CPU time per generated token on each side (/proc: what other
+ *    processes take from it does not count).
  * 2. The hook itself, in process: what `TurnTrace.step` (the one call the decode loop makes per step) costs
  *    unwatched and watched (buffering the step's prune events, and a flush every 50 ms), against the time of a
  *    decode step of the same model and policy (batch 1, the worst case: the step is at its cheapest).
@@ -33,12 +35,22 @@ const PROMPT = "Once upon a time, there was a little girl named Lily. She loved 
 interface Side {
   tokens: number;
   ms: number;
+  /** The server process's CPU time (user + system) over the round's decoding, in ms. */
+  cpuMs: number;
   pruneEvents: number;
   kvEvents: number;
 }
 
 /** One round: C sessions decode one turn at once; with `watch`, each has a watcher reading its events. */
+/** CPU time (user + system) the process `pid` has used, in ms (Linux /proc; 100 ticks a second). */
+function cpuMs(pid: number): number {
+  const f = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
+  return (Number(rest[11]) + Number(rest[12])) * 10; // utime, stime (fields 14, 15)
+}
+
 async function round(
+  pid: number,
   c: Client,
   model: string,
   policy: Record<string, unknown>,
@@ -74,7 +86,7 @@ async function round(
     })
     : [];
   await Promise.all(ready);
-  const t0 = performance.now();
+  const t0 = performance.now(), cpu0 = cpuMs(pid);
   const done = await Promise.all(ids.map((id) =>
     c.post("/v1/chat/completions", {
       model,
@@ -87,6 +99,7 @@ async function round(
     }, { stream: true })
   ));
   side.ms += performance.now() - t0;
+  side.cpuMs += cpuMs(pid) - cpu0;
   for (const r of done) {
     if (r.status !== 200 || !r.sse?.usage) throw new Error(`chat: ${r.status} ${r.text.slice(0, 200)}`);
     side.tokens += r.sse.usage.completion_tokens;
@@ -199,9 +212,9 @@ await runMain(async () => {
   );
   console.log("");
   console.log(
-    "| policy | tok/s unwatched (median) | tok/s watched (median) | watched / unwatched, median of pairs [IQR] | prune steps seen |",
+    "| policy | tok/s unwatched (median) | tok/s watched (median) | watched / unwatched, median of pairs [IQR] | server CPU per token, unwatched → watched | prune steps seen |",
   );
-  console.log("| --- | --- | --- | --- | --- |");
+  console.log("| --- | --- | --- | --- | --- | --- |");
   const srv = await startServerProcess({
     args: ["--store", "memory:", "--backend", backend, "--log-level", "warn"],
   });
@@ -209,16 +222,22 @@ await runMain(async () => {
     const c = new Client(srv.url);
     const model = await c.modelId();
     for (const policy of policies) {
-      await round(c, model, policy, conc, tokens, false, { tokens: 0, ms: 0, pruneEvents: 0, kvEvents: 0 }); // warm-up
+      await round(srv.pid, c, model, policy, conc, tokens, false, {
+        tokens: 0,
+        ms: 0,
+        cpuMs: 0,
+        pruneEvents: 0,
+        kvEvents: 0,
+      }); // warm-up
       const ratios: number[] = [], offs: number[] = [], ons: number[] = [];
-      let pruneEvents = 0;
+      let pruneEvents = 0, cpuOff = 0, cpuOn = 0, tokOff = 0, tokOn = 0;
       for (let r = 0; r < pairs; r++) {
         const side = {
-          off: { tokens: 0, ms: 0, pruneEvents: 0, kvEvents: 0 },
-          on: { tokens: 0, ms: 0, pruneEvents: 0, kvEvents: 0 },
+          off: { tokens: 0, ms: 0, cpuMs: 0, pruneEvents: 0, kvEvents: 0 },
+          on: { tokens: 0, ms: 0, cpuMs: 0, pruneEvents: 0, kvEvents: 0 },
         };
         for (const w of r % 2 === 0 ? [false, true] : [true, false]) {
-          await round(c, model, policy, conc, tokens, w, w ? side.on : side.off);
+          await round(srv.pid, c, model, policy, conc, tokens, w, w ? side.on : side.off);
         }
         if (side.on.tokens !== side.off.tokens) {
           throw new Error(`the two sides generated ${side.on.tokens} vs ${side.off.tokens} tokens`);
@@ -228,12 +247,20 @@ await runMain(async () => {
         ons.push(b * 1000);
         ratios.push(b / a);
         pruneEvents += side.on.pruneEvents;
+        cpuOff += side.off.cpuMs;
+        cpuOn += side.on.cpuMs;
+        tokOff += side.off.tokens;
+        tokOn += side.on.tokens;
       }
       const q = (xs: number[], p: number) => quantile(xs, p);
       console.log(
         `| ${name(policy)} | ${Math.round(q(offs, 0.5))} | ${Math.round(q(ons, 0.5))} | ${
           q(ratios, 0.5).toFixed(3)
-        } [${q(ratios, 0.25).toFixed(3)}, ${q(ratios, 0.75).toFixed(3)}] | ${pruneEvents} |`,
+        } [${q(ratios, 0.25).toFixed(3)}, ${q(ratios, 0.75).toFixed(3)}] | ${
+          (1000 * cpuOff / tokOff).toFixed(0)
+        } → ${(1000 * cpuOn / tokOn).toFixed(0)} µs (×${
+          ((cpuOn / tokOn) / (cpuOff / tokOff)).toFixed(3)
+        }) | ${pruneEvents} |`,
       );
     }
   } finally {
