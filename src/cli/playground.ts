@@ -1,4 +1,3 @@
-/// <reference lib="dom" />
 /**
  * The playground's tooling:
  *   deno task build:playground   bundle playground/src (browser TypeScript + zod, for the page) into
@@ -13,6 +12,12 @@ import { REPO_ROOT } from "../model/loader.ts";
 import { launchBrowser } from "../client/browser.ts";
 import { startServerProcess } from "../client/server_process.ts";
 import { parseFlags, runMain, UsageError } from "./common.ts";
+
+// The page's globals, used inside page.evaluate callbacks (they run in chromium, not in Deno).
+// deno-lint-ignore no-explicit-any
+declare const document: any;
+// deno-lint-ignore no-explicit-any
+type HTMLElement = any;
 
 export const PLAYGROUND_BUNDLE = resolve(REPO_ROOT, "playground/dist/app.js");
 
