@@ -95,11 +95,12 @@ export function decodeBundle(bytes: Uint8Array): DecodedBundle {
     ) {
       return { history: null, historyError: "history section has the wrong shape", snapshot };
     }
+    const history: SessionHistory = { tokens: v.tokens, messages: v.messages };
     // turn records are a view, not history: malformed ones are dropped, never failing the section
-    const turns = Array.isArray(v.turns)
-      ? v.turns.filter((t) => typeof t === "object" && t !== null && Number.isInteger(t.end))
-      : [];
-    return { history: { tokens: v.tokens, messages: v.messages, turns }, snapshot };
+    if (Array.isArray(v.turns)) {
+      history.turns = v.turns.filter((t) => typeof t === "object" && t !== null && Number.isInteger(t.end));
+    }
+    return { history, snapshot };
   } catch (e) {
     return { history: null, historyError: `history section unreadable: ${(e as Error).message}`, snapshot };
   }
