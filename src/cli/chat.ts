@@ -15,6 +15,7 @@
  * SPEC is the one KV-policy syntax (src/kv/policy_spec.ts: `lethe:mode=fixed,budget=64`, JSON), checked with
  * the same schema as the API before anything is sent. Standard input may be a terminal or a pipe.
  */
+import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { Client, type ClientResponse } from "../client/http.ts";
 import { parsePolicySpec, PolicyParamError } from "../kv/policy.ts";
@@ -51,7 +52,7 @@ class SessionNames {
   static defaultPath(): string {
     const env = Deno.env.get("LETHE_CHAT_SESSIONS");
     if (env) return env;
-    const base = Deno.env.get("XDG_CONFIG_HOME") ?? join(Deno.env.get("HOME") ?? ".", ".config");
+    const base = Deno.env.get("XDG_CONFIG_HOME") ?? join(homedir(), ".config");
     return join(base, "lethe-edge", "chat-sessions.json");
   }
 
