@@ -18,6 +18,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 need=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium) # the playground's browser tests and `deno task screenshot`
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -42,3 +43,6 @@ ln -sf "$real_deno" node_modules/.lethe-bin/deno
 
 # 4. native libraries (CPU always when a compiler exists; CUDA when nvcc exists)
 deno task --quiet build:native
+
+# 5. the playground page's script (playground/src → playground/dist/app.js)
+deno task --quiet build:playground

@@ -122,7 +122,7 @@ Deno.test("e2e: pruning policies stay within budget on the real model", async ()
   }
 });
 
-Deno.test("e2e: Sequence.rewind settles a pending plan first, then forgets the rows past the position", async () => {
+Deno.test("e2e: Sequence.kept counts a pending plan without applying it; Sequence.rewind settles it first", async () => {
   const seq = new Sequence(backend, model.tokenizer, {
     maxTokens: 64,
     stop: [],
@@ -138,10 +138,20 @@ Deno.test("e2e: Sequence.rewind settles a pending plan first, then forgets the r
   assert.throws(() => seq.rewind(5), /still generating/);
   const plan = seq.nextInput().compact; // the pending plan, as the next step would carry it
   assert.ok(plan);
+  // kept(): what the policy decided, the plan counted but left on its path
+  const settled = seq.kv.toHost();
+  settled.compact(plan);
+  const lengths = () => Array.from({ length: shape.nLayers }, (_, l) => seq.kv.length(l));
+  const before = lengths();
+  assert.deepEqual(seq.kept(), {
+    keptPerLayer: Array.from({ length: shape.nLayers }, (_, l) => settled.length(l)),
+    kvBytes: settled.bytes(),
+  });
+  assert.deepEqual(lengths(), before, "kept() applies nothing");
+  assert.ok(!aligned());
   seq.cancel();
   const p = seq.kv.nextPos - 4;
-  const expect = seq.kv.toHost();
-  expect.compact(plan);
+  const expect = settled.toHost();
   expect.rewind(p);
   seq.rewind(p);
   assert.ok(aligned(), "cache and policy state agree");

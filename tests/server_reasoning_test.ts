@@ -187,6 +187,18 @@ Deno.test(
       assertSameRows(snap.kv, fresh.toHost());
       fresh.free();
       assert.equal((await get(srv.url, `/v1/sessions/${sid}`)).json.tokens, kept.length);
+      // The session's KV view shows the stored rows; its timeline record, the generation's end and what the
+      // commit dropped.
+      const view = (await get(srv.url, `/v1/sessions/${sid}/kv`)).json;
+      assert.deepEqual(view.tokens, kept);
+      assert.deepEqual(
+        view.layers.map((l: { positions: number[] }) => l.positions),
+        view.layers.map(() => kept.map((_, i) => i)),
+      );
+      const [rec1] = view.timeline;
+      assert.equal(rec1.end, t1.json.usage.prompt_tokens + t1.json.usage.completion_tokens);
+      assert.deepEqual(rec1.kept_per_layer, t1.json.kv.kept_per_layer);
+      assert.equal(rec1.dropped_at_commit, rec1.end - kept.length);
 
       // The next turn (only the new message) prefills the answer as the template renders it and the new turn:
       // the same prompt and the same reply as a request resending the whole conversation without a session.

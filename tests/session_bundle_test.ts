@@ -48,3 +48,29 @@ Deno.test("bundle: not a bundle, truncated, lying length", () => {
     assert.equal(decodeBundle(good.subarray(0, n)).history, null, `truncated at ${n}`);
   }
 });
+
+Deno.test("bundle: turn records round trip; malformed ones are dropped without failing the history", () => {
+  const rec = {
+    turn: 1,
+    start: 0,
+    end: 3,
+    prompt_tokens: 2,
+    cached_tokens: 0,
+    generated_tokens: 1,
+    kept_per_layer: [3, 3],
+    kv_bytes: 96,
+    stored_bytes: null,
+    pruning_rounds: 0,
+    prune_spans: [] as [number, number][],
+    dropped_at_commit: 0,
+    at: 1,
+  };
+  const d = decodeBundle(encodeBundle({ tokens: [1, 2, 3], messages: [], turns: [rec] }, snapshot));
+  assert.deepEqual(d.history, { tokens: [1, 2, 3], messages: [], turns: [rec] });
+  const bad = encodeBundle(
+    // deno-lint-ignore no-explicit-any
+    { tokens: [1], messages: [], turns: [rec, null, { end: "x" }, 5] as any },
+    snapshot,
+  );
+  assert.deepEqual(decodeBundle(bad).history!.turns, [rec]);
+});

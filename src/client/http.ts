@@ -32,17 +32,25 @@ export interface RequestOptions {
   stream?: boolean;
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /** With `stream`: each event's payload (parsed JSON, or the raw text) as it arrives, with its generated text. */
+  onEvent?: (data: unknown, piece: string) => void;
 }
 
 /** Read an SSE response to its end; `t0` is when the request was sent (for ttftMs). */
-export async function readSSE(res: Response, t0 = performance.now()): Promise<StreamResult> {
+export async function readSSE(
+  res: Response,
+  t0 = performance.now(),
+  onEvent?: RequestOptions["onEvent"],
+): Promise<StreamResult> {
   const out: StreamResult = { ...sseResult(), raw: "", ttftMs: null };
   if (!res.body) return out;
   const split = sseSplitter();
   const dec = new TextDecoder();
   const fold = (events: string[]) => {
     for (const e of events) {
-      if (foldEvent(out, e) && out.ttftMs === null) out.ttftMs = performance.now() - t0;
+      const piece = foldEvent(out, e);
+      if (piece && out.ttftMs === null) out.ttftMs = performance.now() - t0;
+      if (onEvent) onEvent(parseData(e), piece);
     }
   };
   for await (const chunk of res.body) {
@@ -54,6 +62,14 @@ export async function readSSE(res: Response, t0 = performance.now()): Promise<St
   out.raw += tail;
   fold([...split.push(tail), ...split.end()]);
   return out;
+}
+
+function parseData(data: string): unknown {
+  try {
+    return JSON.parse(data);
+  } catch {
+    return data; // "[DONE]"
+  }
 }
 
 export class Client {
@@ -84,7 +100,7 @@ export class Client {
     let text: string;
     let sse: StreamResult | undefined;
     if (o.stream && res.ok) {
-      sse = await readSSE(res, t0);
+      sse = await readSSE(res, t0, o.onEvent);
       text = sse.raw;
     } else text = await res.text();
     let json = null;

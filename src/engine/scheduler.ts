@@ -11,6 +11,7 @@
 import { setImmediate } from "node:timers";
 import type { Backend, StepInput, StepOutput } from "./backend.ts";
 import type { Sequence } from "./sequence.ts";
+import type { PruneEvent } from "../kv/contract.ts";
 
 export interface SchedulerOptions {
   maxBatch: number;
@@ -29,6 +30,8 @@ export interface SchedulerHooks {
 export interface TokenEvent {
   token: number | null;
   text: string;
+  /** The layers the KV policy pruned in this step, if any. */
+  pruned?: PruneEvent[];
 }
 
 export interface JobOptions {
@@ -36,7 +39,7 @@ export interface JobOptions {
   signal?: AbortSignal;
   /** Absolute `performance.now()` deadline; past it the sequence is cancelled and the job is `timedOut`. */
   deadline?: number;
-  /** Called with each accepted step that produced a token or text. */
+  /** Called with each accepted step that produced a token or text, or pruned the KV cache. */
   onToken?: (ev: TokenEvent) => void;
 }
 
@@ -217,9 +220,9 @@ export class Scheduler {
             continue;
           }
           if (r.token !== null && j.firstTokenAt === undefined) j.firstTokenAt = performance.now();
-          if ((r.token !== null || r.text) && j.opts.onToken) {
+          if ((r.token !== null || r.text || r.pruned) && j.opts.onToken) {
             try {
-              j.opts.onToken({ token: r.token, text: r.text });
+              j.opts.onToken({ token: r.token, text: r.text, pruned: r.pruned });
             } catch {
               j.seq.cancel(); // a broken consumer (closed stream) cancels its own sequence
             }

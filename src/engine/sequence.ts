@@ -12,7 +12,7 @@
  */
 import type { Backend, StepInput, StepOutput } from "./backend.ts";
 import type { PrunePlan, SequenceKV } from "../kv/cache.ts";
-import type { KVPolicy, Phase } from "../kv/contract.ts";
+import type { KVPolicy, Phase, PruneEvent } from "../kv/contract.ts";
 import type { StreamDecoder, Tokenizer } from "../model/tokenizer/types.ts";
 import { Sampler, type SamplingParams } from "./sampler.ts";
 
@@ -35,6 +35,11 @@ export interface SequenceEvent {
   /** Text that became final with this step (stop strings are held back until ruled out). */
   text: string;
   finished: boolean;
+  /**
+   * The layers the KV policy pruned after this step (its plan's counts; the cache follows at the next step or
+   * `settle()`), absent when it pruned none: what KV watchers see.
+   */
+  pruned?: PruneEvent[];
 }
 
 export interface SequenceStats {
@@ -140,11 +145,14 @@ export class Sequence {
 
   /** Take the outputs of the step made from `nextInput()` (which applied the pending plan). */
   accept(out: StepOutput): SequenceEvent {
-    this.#plan = this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase).plan;
+    const { plan, pruneEvents } = this.policy.afterStep(this.kv, out.scores, this.lastN, this.lastPhase);
+    this.#plan = plan;
     if (this.lastPhase === "prefill") this.prefilled += this.lastN;
-    if (this.pending > 0) return { token: null, text: "", finished: false };
-    const ev = this.#sample(out);
+    const ev: SequenceEvent = this.pending > 0
+      ? { token: null, text: "", finished: false }
+      : this.#sample(out);
     if (ev.finished) this.settle();
+    if (pruneEvents.length > 0) ev.pruned = pruneEvents;
     return ev;
   }
 
@@ -238,6 +246,24 @@ export class Sequence {
       text: buf.slice(0, buf.length - hold),
       finished: false,
     };
+  }
+
+  /**
+   * Rows per layer and their K/V bytes as the policy decided: a pending plan counted, not applied (it still
+   * rides in the next step). What a watcher reads between the steps of a running sequence; `stats()` settles
+   * instead, for a finished one.
+   */
+  kept(): { keptPerLayer: number[]; kvBytes: number } {
+    const keptPerLayer: number[] = [];
+    let rows = 0, kept = 0;
+    for (let l = 0; l < this.kv.shape.nLayers; l++) {
+      const n = this.kv.length(l), k = this.#plan?.[l]?.length ?? n;
+      rows += n;
+      kept += k;
+      keptPerLayer.push(k);
+    }
+    // every cache holds the same bytes per row (bytes() is rows × a constant)
+    return { keptPerLayer, kvBytes: rows === 0 ? 0 : Math.round((this.kv.bytes() / rows) * kept) };
   }
 
   /** Cache and pruning figures (settles a pending plan first, so they describe the rows the policy kept). */

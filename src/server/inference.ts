@@ -10,6 +10,7 @@ import type { SamplingParams } from "../engine/sampler.ts";
 import type { Sequence } from "../engine/sequence.ts";
 import { type JobResult, QueueFullError, type Scheduler, SchedulerClosedError } from "../engine/scheduler.ts";
 import type { Backend } from "../engine/backend.ts";
+import type { TurnRecord } from "../session/bundle.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { ChatRenderer } from "./chat_prompt.ts";
 import { cancelled, invalid, rateLimited, shuttingDown, timedOut } from "./errors.ts";
@@ -18,6 +19,7 @@ import { leaseLost, Turn, type TurnInput, type TurnPlan, validatePolicySpec } fr
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./logger.ts";
 import { type ReasoningFormat, ReasoningSplitter } from "../model/reasoning.ts";
+import { KvWatch } from "./kv_watch.ts";
 
 export interface InferenceLimits {
   maxPromptTokens: number;
@@ -98,6 +100,8 @@ export class Inference {
     readonly renderer: ChatRenderer,
     readonly limits: InferenceLimits,
     readonly metrics: Metrics,
+    /** Where a session's running turn reports its KV events (watchers: GET /v1/sessions/{id}/events). */
+    readonly watch: KvWatch = new KvWatch(),
   ) {}
 
   /**
@@ -124,7 +128,7 @@ export class Inference {
         sampling: p.sampling,
         prefillChunk: this.limits.prefillChunk,
       });
-      return this.#run(turn, plan, seq, p);
+      return this.#run(turn, plan, seq, p, maxTokens);
     } catch (e) {
       await turn.abort();
       throw e;
@@ -171,7 +175,7 @@ export class Inference {
   }
 
   /** Submit the sequence; the returned `done` commits the turn when it finishes (or aborts it). */
-  #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams): Generation {
+  #run(turn: Turn, plan: TurnPlan, seq: Sequence, p: GenerateParams, maxTokens: number): Generation {
     const cancel = new AbortController();
     let sink = null as ReadableStreamDefaultController<TextDelta> | null;
     const deltas = p.stream
@@ -194,11 +198,21 @@ export class Inference {
       if (d.content || d.reasoning) sink?.enqueue(d);
     };
     let job: Promise<JobResult>;
+    const trace = this.watch.trace(turn.sessionId, turn.number, seq);
+    trace.start({
+      history_tokens: turn.historyTokens,
+      prompt_tokens: plan.promptTokens,
+      cached_tokens: plan.cached,
+      max_tokens: maxTokens,
+      policy: { name: turn.policyChoice.name, ...turn.policyChoice.params },
+      rebuilt: turn.rebuilt,
+    });
     try {
       job = this.scheduler.submit(seq, {
         signal: AbortSignal.any([p.signal, cancel.signal, turn.leaseLost]),
         deadline: p.startedAt + this.limits.requestTimeoutMs,
         onToken: (ev) => {
+          trace.step(ev.pruned);
           raw += ev.text;
           if (split) {
             if (ev.token !== null || ev.text) emit(split.push(ev.text, ev.token === null ? 0 : 1));
@@ -206,6 +220,7 @@ export class Inference {
         },
       });
     } catch (e) {
+      trace.fail(e);
       if (e instanceof QueueFullError) throw rateLimited(e.message, e.retryAfterSec, "queue_full");
       if (e instanceof SchedulerClosedError) throw shuttingDown();
       throw e;
@@ -214,19 +229,34 @@ export class Inference {
       try {
         const r = await job;
         if (split) emit(split.finish());
+        trace.settle();
         const st = seq.stats();
-        this.#observe(r, st.generatedTokens, st.pruneRounds, plan, p);
+        this.#observe(r, st.generatedTokens, trace.rounds, plan, p);
         if (r.timedOut) throw timedOut(this.limits.requestTimeoutMs);
         if (r.finishReason === "cancelled") {
           throw turn.leaseLost.aborted ? leaseLost(turn.sessionId!) : cancelled();
         }
         const hasReasoning = split !== null && split.format !== "none" && split.sawReasoning;
+        const record: Omit<TurnRecord, "dropped_at_commit"> = {
+          turn: turn.number,
+          start: turn.historyTokens,
+          end: seq.tokens.length,
+          prompt_tokens: plan.promptTokens,
+          cached_tokens: plan.cached,
+          generated_tokens: st.generatedTokens,
+          kept_per_layer: st.keptPerLayer,
+          kv_bytes: st.kvBytes,
+          stored_bytes: null,
+          pruning_rounds: trace.rounds,
+          prune_spans: trace.spans,
+          at: Date.now(),
+        };
         const storedBytes = await turn.commit({
           text: raw,
           content,
           reasoning: hasReasoning ? reasoning : null,
-        });
-        return {
+        }, record);
+        const result: GenerateResult = {
           text: content,
           reasoning: hasReasoning ? reasoning : null,
           finishReason: r.finishReason,
@@ -251,6 +281,11 @@ export class Inference {
           },
           sessionId: turn.sessionId,
         };
+        trace.end({ finish_reason: r.finishReason, usage: result.usage, kv: result.kv, record: turn.record });
+        return result;
+      } catch (e) {
+        trace.fail(e);
+        throw e;
       } finally {
         await turn.abort(); // a no-op after a commit
         sink?.close();

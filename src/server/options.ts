@@ -278,6 +278,18 @@ export const ENV_KNOBS: { env: string; where: string; doc: string }[] = [
     doc: "the load tools' target, API key and model id (default: the server's first `GET /v1/models`)",
   },
   {
+    env: "LETHE_CHAT_SESSIONS, XDG_CONFIG_HOME, NO_COLOR",
+    where: "src/cli/chat.ts",
+    doc:
+      "the terminal chat's name → session id file (default `$XDG_CONFIG_HOME/lethe-edge/chat-sessions.json`, " +
+      "`~/.config/…` without it); no colours",
+  },
+  {
+    env: "LETHE_CHROMIUM",
+    where: "src/client/browser.ts",
+    doc: "the chromium of the browser tests and `deno task screenshot` (default `/usr/bin/chromium`)",
+  },
+  {
     env: "LETHE_TEST_LOG, LETHE_MODEL_GGUF, LETHE_MODEL_HF, LETHE_VOCAB_DIR",
     where: "tests/",
     doc: "the test servers' log level; the models the tokenizer and loader tests read; the vocabulary " +

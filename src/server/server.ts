@@ -142,6 +142,7 @@ export async function startServer(cfg: ServerConfig, opts: StartOptions = {}): P
         scheduler.cancelAll();
         await scheduler.idle();
       }
+      inference.watch.close(); // watchers' event streams end: they would hold the listener open
       // Let in-flight responses (commits, final SSE events) complete, then close the listener.
       await server.shutdown();
       await sessions.close(); // leases of turns that never reached the scheduler

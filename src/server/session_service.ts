@@ -19,7 +19,7 @@
  */
 import { encodeSnapshotWithStats, type KVPrecision } from "../session/codec.ts";
 import type { SessionRecord, SessionStore } from "../session/store.ts";
-import { encodeBundle } from "../session/bundle.ts";
+import { encodeBundle, type TurnRecord } from "../session/bundle.ts";
 import type { PolicySpec } from "../kv/contract.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { Sequence } from "../engine/sequence.ts";
@@ -175,6 +175,12 @@ export class SessionService {
     return { rec, meta };
   }
 
+  /** A session's stored record, for read-only views of it (session_view.ts). */
+  async read(owner: string, id: string): Promise<{ meta: SessionMeta; blob: Uint8Array }> {
+    const { rec, meta } = await this.#load(owner, id);
+    return { meta, blob: rec.blob };
+  }
+
   async info(owner: string, id: string): Promise<SessionInfo> {
     const { meta } = await this.#load(owner, id);
     return this.#info(id, meta);
@@ -272,8 +278,16 @@ export class SessionService {
     }
   }
 
-  /** Store a turn's finished sequence as the session's next version (CAS). Returns the stored blob size. */
-  async save(slot: SessionSlot, seq: Sequence, messages: ChatMessage[]): Promise<number> {
+  /**
+   * Store a turn's finished sequence as the session's next version (CAS), with the conversation, the turn
+   * records (ending with this turn's, whose stored bytes the next commit fills in) and the turn's pruning
+   * rounds. Returns the stored blob size.
+   */
+  async save(
+    slot: SessionSlot,
+    seq: Sequence,
+    turn: { messages: ChatMessage[]; turns: TurnRecord[]; rounds: number },
+  ): Promise<number> {
     const t0 = performance.now();
     const { meta: prev } = slot;
     const enc = encodeSnapshotWithStats({
@@ -284,7 +298,11 @@ export class SessionService {
       sampler: seq.sampler.getState(),
       meta: { turns: prev.turns + 1 },
     }, { kvPrecision: this.opts.precision });
-    const blob = encodeBundle({ tokens: seq.tokens, messages }, enc.bytes);
+    const last = turn.turns.length - 1;
+    const turns = turn.turns.map((t, i) =>
+      i < last && t.stored_bytes === null ? { ...t, stored_bytes: prev.storedBytes } : t
+    );
+    const blob = encodeBundle({ tokens: seq.tokens, messages: turn.messages, turns }, enc.bytes);
     const st = seq.stats();
     const meta: SessionMeta = {
       ...prev,
@@ -293,7 +311,7 @@ export class SessionService {
       keptPerLayer: st.keptPerLayer,
       kvBytes: st.kvBytes,
       storedBytes: blob.length,
-      pruneRounds: prev.pruneRounds + st.pruneRounds,
+      pruneRounds: prev.pruneRounds + turn.rounds,
       precision: this.opts.precision,
       updatedAt: Date.now(),
     };

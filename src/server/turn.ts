@@ -17,7 +17,8 @@
  * - commit / abort: the only places that free the cache (one per turn, emptied for a rebuild) and give the
  *   lease up. A turn whose lease was lost does not commit (the record's compare-and-set guards the store as
  *   well). A commit first settles the sequence's last prune plan; a chat commit then stores only what the
- *   template's next render shares (`evictAtCommit`: a finished turn's reasoning, where the template drops it).
+ *   template's next render shares (`evictAtCommit`: a finished turn's reasoning, where the template drops it);
+ *   the turn's record (its generation's figures and what the commit dropped) joins the session's timeline.
  *
  * Determinism: a session turn resumes from the decoded stored snapshot, never from state kept in memory, so
  * it starts from exactly what a restore on another instance or after a restart gives.
@@ -29,7 +30,7 @@ import type { KVPolicy } from "../kv/contract.ts";
 import { createPolicy, parsePolicySpec, PolicyParamError } from "../kv/registry.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import type { Tokenizer } from "../model/tokenizer/types.ts";
-import { decodeBundle } from "../session/bundle.ts";
+import { decodeBundle, MAX_TURN_RECORDS, type TurnRecord } from "../session/bundle.ts";
 import { decodeSnapshot, SnapshotError } from "../session/codec.ts";
 import { type ChatMessage, type ChatOptions, type ChatRenderer, sameMessage } from "./chat_prompt.ts";
 import { conflict, internal, invalid } from "./errors.ts";
@@ -112,6 +113,12 @@ export class Turn {
   #seq: Sequence | null = null;
   /** Why the cache was rebuilt instead of resumed, if it was. */
   rebuilt: string | null = null;
+  /** The session's turn records so far (its KV timeline); a commit adds this turn's. */
+  #turns: TurnRecord[] = [];
+  /** The policy's pruning-round counter (it carries on across a session's turns) when the turn started. */
+  #roundsAtStart = 0;
+  /** The turn's record as its commit stored it. */
+  #record: TurnRecord | null = null;
 
   private constructor(
     readonly ctx: TurnContext,
@@ -153,6 +160,7 @@ export class Turn {
     if (this.slot!.meta.turns === 0) return; // nothing stored yet
     const bundle = decodeBundle(blob);
     const messages = (bundle.history?.messages ?? []) as ChatMessage[];
+    this.#turns = bundle.history?.turns ?? [];
     if (input.kind === "chat" && diverges(messages, input.messages)) {
       // The client resent a conversation that is not a continuation of the stored one: start over from it.
       log.info({ session: id }, "conversation diverges from the stored history; rebuilding the cache");
@@ -215,6 +223,16 @@ export class Turn {
 
   get sessionId(): string | undefined {
     return this.slot?.id;
+  }
+
+  /** The record this turn's commit stored in the session's timeline (null before, or without a session). */
+  get record(): TurnRecord | null {
+    return this.#record;
+  }
+
+  /** This turn's number in its session (1 for the first; 1 without a session). */
+  get number(): number {
+    return (this.slot?.meta.turns ?? 0) + 1;
   }
 
   /** Tokens of history the turn starts from (in the cache or still to prefill). */
@@ -295,6 +313,7 @@ export class Turn {
     }
     seq.feed(plan.newTokens);
     seq.start();
+    this.#roundsAtStart = this.#policy.stats.pruneRounds;
     this.#seq = seq;
     this.#state = "running";
     return seq;
@@ -303,8 +322,10 @@ export class Turn {
   /**
    * The finished sequence becomes the session's new version (compare-and-set on the version read at open).
    * Returns the stored bytes (null without a session). Refuses, aborting, when the lease was lost.
+   * `record` (what the turn's generation did to the cache) joins the session's timeline with what the commit
+   * dropped.
    */
-  async commit(reply: TurnReply): Promise<number | null> {
+  async commit(reply: TurnReply, record?: Omit<TurnRecord, "dropped_at_commit">): Promise<number | null> {
     this.#expect("running", "commit");
     let stored: number | null = null;
     let ok = false;
@@ -316,11 +337,14 @@ export class Turn {
         // the last prune plan first, so the snapshot and the policy state hold the same rows (and the
         // eviction below rewinds the rows the policy kept)
         this.#seq!.settle();
-        if (chat) {
-          const dropped = evictAtCommit(this.#seq!, chat.renderer.nextTurnPrefix(messages, chat.options));
-          this.ctx.metrics.historyDropped.inc({ at: "commit" }, dropped);
-        }
-        stored = await this.slot.service.save(this.slot, this.#seq!, messages);
+        const dropped = chat
+          ? evictAtCommit(this.#seq!, chat.renderer.nextTurnPrefix(messages, chat.options))
+          : 0;
+        if (chat) this.ctx.metrics.historyDropped.inc({ at: "commit" }, dropped);
+        this.#record = record ? { ...record, dropped_at_commit: dropped } : null;
+        const turns = this.#record ? [...this.#turns, this.#record].slice(-MAX_TURN_RECORDS) : this.#turns;
+        const rounds = this.#policy.stats.pruneRounds - this.#roundsAtStart;
+        stored = await this.slot.service.save(this.slot, this.#seq!, { messages, turns, rounds });
       }
       ok = true;
       return stored;

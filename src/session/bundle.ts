@@ -15,7 +15,40 @@ import { crc32 } from "./codec.ts";
 export interface SessionHistory {
   tokens: number[];
   messages: unknown[];
+  /** One record per committed turn (the most recent `MAX_TURN_RECORDS`): the session's KV timeline. */
+  turns?: TurnRecord[];
 }
+
+/**
+ * What one committed turn did to the session's cache (token positions count the whole history): the figures
+ * at the end of its generation, and what its commit then dropped.
+ */
+export interface TurnRecord {
+  turn: number;
+  /** History tokens before the turn's prompt, and after its reply. */
+  start: number;
+  end: number;
+  prompt_tokens: number;
+  cached_tokens: number;
+  generated_tokens: number;
+  /** Rows per layer and their K/V bytes when the generation ended. */
+  kept_per_layer: number[];
+  kv_bytes: number;
+  /**
+   * History tokens the commit dropped (with their rows) because the template's next render does not share
+   * them, e.g. a finished turn's reasoning: the session stores `end − dropped_at_commit` tokens.
+   */
+  dropped_at_commit: number;
+  /** The bundle's size after this turn (null for the newest record: the session's `stored_bytes` has it). */
+  stored_bytes: number | null;
+  pruning_rounds: number;
+  /** Positions (tokens seen) of the steps that pruned, runs of consecutive steps as [first, last]. */
+  prune_spans: [number, number][];
+  /** Commit time (ms since the epoch). */
+  at: number;
+}
+
+export const MAX_TURN_RECORDS = 1000;
 
 const MAGIC = [0x4c, 0x53, 0x42, 0x31]; // "LSB1"
 /** History sections beyond this size (uncompressed) are refused (zip-bomb guard). */
@@ -23,7 +56,7 @@ const MAX_HISTORY_BYTES = 256 * 2 ** 20;
 
 export function encodeBundle(history: SessionHistory, snapshot: Uint8Array): Uint8Array {
   const json = new TextEncoder().encode(
-    JSON.stringify({ tokens: history.tokens, messages: history.messages }),
+    JSON.stringify({ tokens: history.tokens, messages: history.messages, turns: history.turns }),
   );
   const h = new Uint8Array(zlib.deflateRawSync(json, { level: 6 }));
   const out = new Uint8Array(4 + 4 + h.length + 4 + snapshot.length);
@@ -71,7 +104,12 @@ export function decodeBundle(bytes: Uint8Array): DecodedBundle {
     ) {
       return { history: null, historyError: "history section has the wrong shape", snapshot };
     }
-    return { history: { tokens: v.tokens, messages: v.messages }, snapshot };
+    const history: SessionHistory = { tokens: v.tokens, messages: v.messages };
+    // turn records are a view, not history: malformed ones are dropped, never failing the section
+    if (Array.isArray(v.turns)) {
+      history.turns = v.turns.filter((t) => typeof t === "object" && t !== null && Number.isInteger(t.end));
+    }
+    return { history, snapshot };
   } catch (e) {
     return { history: null, historyError: `history section unreadable: ${(e as Error).message}`, snapshot };
   }

@@ -32,6 +32,8 @@ import {
 import { registerChat } from "../../../routes/chat.ts";
 import { registerCompletions } from "../../../routes/completions.ts";
 import { registerSessions } from "../../../routes/sessions.ts";
+import { registerSessionKv } from "../../../routes/session_kv.ts";
+import { registerPlayground } from "../../../routes/playground.ts";
 import { registerModels } from "../../../routes/models.ts";
 import { registerHealth } from "../../../routes/health.ts";
 import { registerInspect } from "../../../routes/inspect.ts";
@@ -111,6 +113,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerCompletions(app);
   registerSessions(app);
   registerInspect(app);
+  registerSessionKv(app);
+  registerPlayground(app);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
