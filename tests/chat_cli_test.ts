@@ -4,31 +4,14 @@
  * /kv, /policy and /reset commands work; bad input is one line.
  */
 import assert from "node:assert/strict";
-import { resolve } from "node:path";
-import { REPO_ROOT } from "../src/model/loader.ts";
 import { Client } from "../src/client/http.ts";
 import { type ServerProcess, startServerProcess } from "../src/client/server_process.ts";
+import { runCli } from "./support/cli.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
-async function chat(args: string[], stdin: string, env: Record<string, string> = {}) {
-  const p = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", resolve(REPO_ROOT, "src/cli/chat.ts"), ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(stdin));
-  await w.close();
-  const out = await p.output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
+const chat = (args: string[], stdin: string, env: Record<string, string> = {}) =>
+  runCli("src/cli/chat.ts", args, { stdin, env: { NO_COLOR: "1", ...env } });
 
 const STATS =
   /\[prompt (\d+) \((\d+) cached, (\d+) new\) · (\d+) generated · TTFT \d+ ms · \d+ tok\/s · kept ([\d/]+) · KV [\d.]+ KB · stored [\d.]+ KB · \d+ pruning rounds in the session\]/g;

@@ -10,18 +10,14 @@ import { runSequence, Sequence } from "../src/engine/sequence.ts";
 import { GREEDY } from "../src/engine/sampler.ts";
 import { createPolicy } from "../src/kv/registry.ts";
 import { applyRope, ropeFrequencies } from "../src/engine/ts/rope.ts";
+import { runCli } from "./support/cli.ts";
 
 const golden = JSON.parse(
   await Deno.readTextFile(resolve(REPO_ROOT, "..", "shared", "golden", "stories260K_greedy.json")),
 ) as { cases: { prompt: string; steps: number; text: string }[] };
-const DENO = Deno.execPath();
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(DENO, { args: ["run", "-A", ...args], cwd: REPO_ROOT, stdin: "null" })
-    .output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+/** `args`: the tool's path from the repository root, then its arguments. */
+const cli = (args: string[]) => runCli(args[0], args.slice(1));
 
 Deno.test("golden: greedy decode of stories260K through the engine equals the reference text", async () => {
   const model = await loadModel(SHARED_MODELS.stories260K);

@@ -2,28 +2,12 @@
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { REPO_ROOT } from "../src/model/loader.ts";
+import { runCli } from "./support/cli.ts";
 
 const SHARED = resolve(REPO_ROOT, "..", "shared", "fixtures");
 const TEMPLATES = resolve(SHARED, "chat_templates");
-const CLI = resolve(REPO_ROOT, "src", "cli", "template.ts");
 
-async function run(args: string[], stdin?: string) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    cwd: REPO_ROOT,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (args: string[], stdin?: string) => runCli("src/cli/template.ts", args, { stdin });
 
 async function tempJSON(value: unknown): Promise<string> {
   const path = await Deno.makeTempFile({ suffix: ".json" });

@@ -3,23 +3,9 @@ import assert from "node:assert/strict";
 import { resolve } from "node:path";
 import { REPO_ROOT, SHARED_MODELS } from "../src/model/loader.ts";
 import { vocabPairs, vocabPath } from "./support/tokenizer.ts";
+import { runCli } from "./support/cli.ts";
 
-const CLI = resolve(REPO_ROOT, "src", "cli", "tokenize.ts");
-
-async function run(args: string[], stdin: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(stdin));
-  await w.close();
-  const out = await p.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (args: string[], stdin: string) => runCli("src/cli/tokenize.ts", args, { stdin });
 
 Deno.test("tokenize CLI: a vocabulary-only GGUF reproduces llama.cpp's pairs (--json)", async () => {
   for (const name of ["gpt-2", "llama-spm"]) {
