@@ -1,7 +1,9 @@
 # Lethe Edge, production image. Two stages:
 #   build   — Node (for npm) + g++: installs Deno from npm (pinned in package.json) and the npm packages, builds
-#             the native CPU library (portable -march, LETHE_CPU_ARCH) and Deno's module cache;
-#   runtime — Debian slim with only the OpenMP runtime: the Deno binary, the app, the library and the cache;
+#             the native CPU library (portable -march, LETHE_CPU_ARCH), the playground page's script and Deno's
+#             module cache;
+#   runtime — Debian slim with only the OpenMP runtime: the Deno binary, the app, the page, the library and the
+#             cache;
 #             runs as an unprivileged user, Deno as PID 1 so SIGTERM reaches the server's graceful shutdown.
 # Models are not baked in: mount a directory of models on /models and name the file with LETHE_MODEL, e.g.
 #   docker build -t lethe-edge .
@@ -26,8 +28,10 @@ COPY routes ./routes
 COPY shaders ./shaders
 COPY native ./native
 COPY scripts/healthcheck.ts ./scripts/healthcheck.ts
+COPY playground ./playground
 RUN deno install --frozen \
  && LETHE_CPU_ARCH="$LETHE_CPU_ARCH" deno task build:native --cpu-only \
+ && deno task build:playground \
  && deno cache src/server/main.ts scripts/healthcheck.ts \
  && cp "$(readlink -f /usr/local/bin/deno)" /app/deno
 
@@ -48,6 +52,8 @@ COPY --from=build --chown=lethe:lethe /app/routes ./routes
 COPY --from=build --chown=lethe:lethe /app/shaders ./shaders
 COPY --from=build --chown=lethe:lethe /app/scripts ./scripts
 COPY --from=build --chown=lethe:lethe /app/native/build/liblethe_cpu.so ./native/build/liblethe_cpu.so
+COPY --from=build --chown=lethe:lethe /app/playground/index.html /app/playground/style.css /app/playground/favicon.svg ./playground/
+COPY --from=build --chown=lethe:lethe /app/playground/dist/app.js ./playground/dist/app.js
 COPY --from=build --chown=lethe:lethe /app/.deno-cache ./.deno-cache
 ENV DENO_DIR=/app/.deno-cache \
     DENO_NO_UPDATE_CHECK=1 \

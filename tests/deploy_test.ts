@@ -5,7 +5,7 @@
  * SIGTERM reaches the graceful shutdown); the compose file runs Redis and two instances behind one port; and
  * the runtime stage's commands work when run outside a container: its files (as its COPY lines name them) in
  * a fresh directory, the command as an unprivileged user with the cache only (no network), the healthcheck
- * answering, SIGTERM stopping it cleanly.
+ * answering, a completion and the playground page served, SIGTERM stopping it cleanly.
  */
 import assert from "node:assert/strict";
 import { resolve } from "node:path";
@@ -70,6 +70,7 @@ Deno.test("Dockerfile: the linter finds nothing; a build and a slim, non-root ru
   }
   // Build: the native library is compiled here, for a portable CPU level.
   assert.ok(all(build, "RUN").some((r) => /deno task build:native/.test(r.args)));
+  assert.ok(all(build, "RUN").some((r) => /deno task build:playground/.test(r.args)), "the page's script");
   assert.ok(all(build, "ARG").some((a) => /^LETHE_CPU_ARCH=x86-64-v\d$/.test(a.args)));
   // Runtime: slim, no compiler, everything from the build stage.
   assert.match(runtime[0].args, /slim/);
@@ -216,6 +217,12 @@ Deno.test({
           body: JSON.stringify({ model: "stories260K", prompt: "Once upon a time", max_tokens: 8 }),
         });
         assert.equal(r.status, 200, await r.text());
+        // The playground page and its script (built in the build stage) are served.
+        for (const [path, type] of [["/", /text\/html/], ["/playground/app.js", /javascript/]] as const) {
+          const page = await fetch(`http://127.0.0.1:${port}${path}`);
+          assert.equal(page.status, 200, `${path}: ${await page.text()}`);
+          assert.match(page.headers.get("content-type") ?? "", type);
+        }
       } finally {
         server.kill("SIGTERM");
         status = await server.status;
