@@ -1,6 +1,6 @@
 /**
  * src/kv/ has no import cycle: the contract, the registry, the shared pieces and the policies import in one
- * direction (registry → policies → base/select/score_table/budget/far_decay → contract/kv_index), which
+ * direction (registry → policies → base/select/score_table/budget/far_decay → contract/kv_index/limits), which
  * `deno info` shows as a tree.
  */
 import assert from "node:assert/strict";

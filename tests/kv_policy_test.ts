@@ -499,3 +499,29 @@ Deno.test("rewind: refused while a prune plan is pending (nothing changes); once
   assert.equal(kv.nextPos, 8);
   assertRowsIntact(kv);
 });
+
+Deno.test("limits: each policy reports what it holds each layer to, from its own state", () => {
+  const shape = { nLayers: 2, contextLength: 64 };
+  const kinds = (spec: { name: string; [k: string]: unknown }) => {
+    const l = createPolicy(spec, shape).limits();
+    return [l.kind, l.per_layer, l.total];
+  };
+  assert.deepEqual(kinds({ name: "full" }), ["none", null, null]);
+  for (const name of ["streaming", "h2o", "tova", "snapkv"]) {
+    assert.deepEqual(kinds({ name, budget: 12 }), ["budget", [12, 12], null], name);
+  }
+  const pyr = createPolicy({ name: "pyramidkv", budget: 12, beta: 2 }, shape) as PyramidKVPolicy;
+  assert.deepEqual(pyr.limits().per_layer, pyr.budgets);
+  assert.notEqual(pyr.budgets[0], pyr.budgets[1], "a pyramid, not one budget");
+  assert.deepEqual(kinds({ name: "lethe", mode: "fixed", budget: 12, select: "global" }), [
+    "budget",
+    [12, 12],
+    24,
+  ]);
+  assert.deepEqual(kinds({ name: "lethe", initialTrigger: 20 }), ["trigger", [20, 20], null]);
+  // Lethe's triggers move: the limits follow them
+  const a = createPolicy({ name: "lethe", initialTrigger: 8 }, shape) as LethePolicy;
+  const kv = new HostKVCache(SHAPE);
+  step(a, kv, 10, () => new Float32Array(10).fill(1), "prefill"); // flat scores: the triggers double
+  assert.deepEqual(a.limits().per_layer, [16, 16]);
+});

@@ -11,6 +11,7 @@ import type { PrunePlan } from "./kv_index.ts";
 import type { KVPolicy, Phase, PolicyShape, PolicyState, PruneEvent, PruneStep } from "./contract.ts";
 import { KeepSelector } from "./select.ts";
 import { type RowAligned, ScoreTable } from "./score_table.ts";
+import { budgetLimits, NO_LIMITS, type PolicyLimits } from "./limits.ts";
 
 /** A budget param: ≤ 1 is a fraction of the context length, > 1 an absolute per-layer token count. */
 export function resolveBudget(budget: number, contextLength: number): number {
@@ -105,6 +106,11 @@ export abstract class BasePolicy implements KVPolicy {
     events.push({ layer, before, after: kept.length });
   }
 
+  /** No limits unless the policy says otherwise. */
+  limits(): PolicyLimits {
+    return { ...NO_LIMITS };
+  }
+
   rewind(kv: SequenceKV, pos: number): void {
     for (let l = 0; l < this.nLayers; l++) {
       if (this.table.length(l) !== kv.length(l)) {
@@ -196,6 +202,14 @@ export abstract class TopScoresPolicy extends BasePolicy {
     this.budgetTokens = resolveBudget(p.budget, shape.contextLength);
     this.sink = p.sink;
     this.recent = recentOf(this.budgetTokens);
+  }
+
+  override limits(): PolicyLimits {
+    return budgetLimits(
+      this.budgetTokens,
+      this.nLayers,
+      "each layer keeps its budget: sinks, the recent window and the highest-scoring rows",
+    );
   }
 
   protected prune(kv: SequenceKV, _phase: Phase, _nNew: number, events: PruneEvent[]): void {

@@ -12,6 +12,7 @@
 import type { ScoreRequest } from "../engine/backend.ts";
 import type { SequenceKV } from "./cache.ts";
 import type { PrunePlan } from "./kv_index.ts";
+import type { PolicyLimits } from "./limits.ts";
 
 export type Phase = "prefill" | "decode";
 
@@ -60,6 +61,8 @@ export interface KVPolicy {
    * Not a pruning decision: not counted in stats.
    */
   rewind(kv: SequenceKV, pos: number): void;
+  /** What the policy holds each layer to now (budgets or triggers), for views of the cache. */
+  limits(): PolicyLimits;
   /** Cumulative counters; per-layer kept counts come from kv.length(l). */
   readonly stats: { pruneRounds: number; pruneMs: number; evicted: number };
   /** For session persistence (scores aligned with kv rows). */

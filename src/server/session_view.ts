@@ -5,7 +5,7 @@
  * history + snapshot), so a view shows exactly what the next turn resumes from.
  */
 import { createPolicy } from "../kv/registry.ts";
-import { type PolicyLimits, policyLimits } from "../kv/limits.ts";
+import type { PolicyLimits } from "../kv/limits.ts";
 import type { LoadedModel } from "../model/loader.ts";
 import { decodeBundle, type TurnRecord } from "../session/bundle.ts";
 import { decodeSnapshot, type SessionSnapshot, SnapshotError } from "../session/codec.ts";
@@ -95,7 +95,7 @@ export function kvView(model: LoadedModel, id: string, meta: SessionMeta, blob: 
     turns: meta.turns,
     policy: { name: policy.name, params: { ...policy.params } },
     scored: policy.scoreRequest("decode", 1) !== undefined,
-    limits: policyLimits(policy, c.nLayers),
+    limits: policy.limits(),
     n_layers: c.nLayers,
     tokens,
     token_texts: tokenTexts(model, tokens),

@@ -32,6 +32,7 @@ import type { SequenceKV } from "../cache.ts";
 import { BasePolicy, paramSchemas, resolveBudget } from "../base.ts";
 import { GlobalSelector, splitBudget, uniformBudgets } from "../budget.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../contract.ts";
+import { budgetLimits, type PolicyLimits } from "../limits.ts";
 import { FarDecay } from "../far_decay.ts";
 import { hoyer, KeepSelector, rankByScore } from "../select.ts";
 
@@ -105,6 +106,33 @@ export class LethePolicy extends BasePolicy {
   }
   farShare(layer: number): number {
     return this.far.share(layer);
+  }
+
+  override limits(): PolicyLimits {
+    const total = this.budgetTokens * this.nLayers;
+    if (this.p.mode === "adaptive") {
+      return {
+        kind: "trigger",
+        per_layer: [...this.triggers],
+        total: null,
+        note:
+          "a layer holding more rows than its trigger is pruned at its score breakpoint; the trigger doubles when a prune keeps that many or the scores are flat",
+      };
+    }
+    if (this.p.select === "global") {
+      return budgetLimits(
+        this.budgetTokens,
+        this.nLayers,
+        "the total is kept over all layers together: the lowest-scoring rows of any layer go first",
+        total,
+      );
+    }
+    return budgetLimits(
+      this.layerBudgets,
+      this.nLayers,
+      "the total is split across layers by attention density at each prune",
+      total,
+    );
   }
 
   protected override observe(scores: Float32Array[] | undefined, _nNew: number, _phase: Phase): void {

@@ -15,6 +15,7 @@ import type { SequenceKV } from "../cache.ts";
 import { BasePolicy, paramSchemas, resolveBudget } from "../base.ts";
 import { uniformBudgets } from "../budget.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../contract.ts";
+import { budgetLimits, type PolicyLimits } from "../limits.ts";
 import { type RowAligned, ScoreRing } from "../score_table.ts";
 import { KeepSelector, maxPoolInto } from "../select.ts";
 
@@ -56,6 +57,14 @@ export class SnapKVPolicy extends BasePolicy {
 
   scoreRequest(phase: Phase, nNew: number): ScoreRequest | undefined {
     return { decay: 1, window: phase === "prefill" ? Math.max(1, Math.min(this.window, nNew)) : 1 };
+  }
+
+  override limits(): PolicyLimits {
+    return budgetLimits(
+      this.budgets,
+      this.nLayers,
+      "each layer keeps its budget: sinks, the observation window and the rows it attended to most",
+    );
   }
 
   protected override rowAligned(): RowAligned[] {

@@ -10,6 +10,7 @@ import type { ScoreRequest } from "../../engine/backend.ts";
 import type { SequenceKV } from "../cache.ts";
 import { BasePolicy, paramSchemas, resolveBudget } from "../base.ts";
 import type { Phase, PolicyShape, PruneEvent } from "../contract.ts";
+import { budgetLimits, type PolicyLimits } from "../limits.ts";
 
 export const schema = z.strictObject({
   budget: paramSchemas.budget(0.25),
@@ -30,6 +31,14 @@ export class StreamingPolicy extends BasePolicy {
 
   scoreRequest(_phase: Phase, _nNew: number): ScoreRequest | undefined {
     return undefined;
+  }
+
+  override limits(): PolicyLimits {
+    return budgetLimits(
+      this.budgetTokens,
+      this.nLayers,
+      "each layer keeps its budget: the sinks and the most recent rows",
+    );
   }
 
   private keepN = -1;
